@@ -1,1 +1,17 @@
+//! Tessera: a gossip-based, peer-to-peer ticket store for single sign-on servers.
+//!
+//! Modules follow the architecture in `DESIGN.md`:
+//! - [`entry`]: the ticket entry lattice (CRDT) and its merge laws;
+//! - [`store`]: the sharded local store and its derived indexes;
+//! - [`sweeper`]: the expiry worker; [`worker`]: how background jobs run;
+//! - [`api`]: the gRPC service; [`server`]: one node, wired together;
+//! - [`clock`], [`ticket`], [`error`], [`redact`], [`config`], [`cli`]: support.
 
+pub mod clock;
+pub mod entry;
+pub mod error;
+pub mod redact;
+pub mod store;
+pub mod sweeper;
+pub mod ticket;
+pub mod worker;

@@ -1,0 +1,209 @@
+//! Time: the node's wall clock and its hybrid logical clock (HLC).
+//!
+//! Every time Tessera stores or compares is milliseconds since the Unix epoch.
+//! The wall clock is read as *an anchor taken at start plus tokio's monotonic
+//! elapsed time*. Two reasons: it never steps backwards when NTP corrects the
+//! system clock, and tests can pause and advance tokio's clock to drive every
+//! expiry decision without sleeping.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// The node's wall clock, in milliseconds since the Unix epoch.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    anchor_ms: Millis,
+    anchor: Instant,
+    /// Deliberate offset, for skew tests only (`--clock-offset`).
+    offset_ms: i64,
+}
+
+impl Clock {
+    /// A clock anchored at the system time now.
+    pub fn system() -> Clock {
+        let anchor_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0);
+        Clock {
+            anchor_ms,
+            anchor: Instant::now(),
+            offset_ms: 0,
+        }
+    }
+
+    /// A clock anchored at a chosen time: tests start every node at the same
+    /// epoch so their expectations are exact.
+    pub fn starting_at(anchor_ms: Millis) -> Clock {
+        Clock {
+            anchor_ms,
+            anchor: Instant::now(),
+            offset_ms: 0,
+        }
+    }
+
+    /// The same clock shifted by `offset_ms` (positive: ahead).
+    pub fn with_offset(mut self, offset_ms: i64) -> Clock {
+        self.offset_ms = offset_ms;
+        self
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> Millis {
+        let elapsed = self.anchor.elapsed().as_millis() as Millis;
+        self.anchor_ms
+            .saturating_add(elapsed)
+            .saturating_add_signed(self.offset_ms)
+    }
+
+    /// The tokio instant at which this clock reads `at_ms` (now if passed).
+    pub fn instant_at(&self, at_ms: Millis) -> Instant {
+        let now_ms = self.now_ms();
+        Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
+    }
+}
+
+/// A hybrid logical clock reading: physical milliseconds plus a counter that
+/// orders events within one millisecond or against a peer whose clock runs ahead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hlc {
+    pub wall_ms: Millis,
+    pub logical: u32,
+}
+
+/// A globally unique, totally ordered write stamp: the HLC reading and the node
+/// that took it. Last-writer-wins registers are keyed by it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    pub hlc: Hlc,
+    pub node: Arc<str>,
+}
+
+impl Stamp {
+    /// Compact, opaque text form (used as the ticket's `version`).
+    pub fn to_version(&self) -> String {
+        format!(
+            "{:x}.{:x}.{}",
+            self.hlc.wall_ms, self.hlc.logical, self.node
+        )
+    }
+}
+
+/// The node's HLC: every local write takes a fresh stamp; every stamp seen from
+/// a peer is observed so local stamps stay ahead of it.
+#[derive(Debug)]
+pub struct HlcClock {
+    clock: Clock,
+    node: Arc<str>,
+    last: Mutex<Hlc>,
+}
+
+impl HlcClock {
+    pub fn new(clock: Clock, node: Arc<str>) -> HlcClock {
+        HlcClock {
+            clock,
+            node,
+            last: Mutex::new(Hlc::default()),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
+    /// A fresh stamp, strictly greater than every stamp taken or observed here.
+    pub fn stamp(&self) -> Stamp {
+        let physical = self.clock.now_ms();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        *last = if physical > last.wall_ms {
+            Hlc {
+                wall_ms: physical,
+                logical: 0,
+            }
+        } else {
+            advance_logical(*last)
+        };
+        Stamp {
+            hlc: *last,
+            node: self.node.clone(),
+        }
+    }
+
+    /// Take a peer's reading into account (HLC receive rule).
+    pub fn observe(&self, remote: Hlc) {
+        let physical = self.clock.now_ms();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let wall_ms = physical.max(last.wall_ms).max(remote.wall_ms);
+        let logical = if wall_ms == last.wall_ms && wall_ms == remote.wall_ms {
+            last.logical.max(remote.logical).saturating_add(1)
+        } else if wall_ms == last.wall_ms {
+            last.logical.saturating_add(1)
+        } else if wall_ms == remote.wall_ms {
+            remote.logical.saturating_add(1)
+        } else {
+            0
+        };
+        *last = Hlc { wall_ms, logical };
+    }
+}
+
+/// Next reading within the same millisecond; on counter overflow, borrow the
+/// next millisecond rather than repeat a stamp.
+fn advance_logical(hlc: Hlc) -> Hlc {
+    match hlc.logical.checked_add(1) {
+        Some(logical) => Hlc {
+            wall_ms: hlc.wall_ms,
+            logical,
+        },
+        None => Hlc {
+            wall_ms: hlc.wall_ms + 1,
+            logical: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_clock_drives_wall_time() {
+        let clock = Clock::starting_at(1_000);
+        assert_eq!(clock.now_ms(), 1_000);
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert_eq!(clock.now_ms(), 3_500);
+        assert_eq!(clock.clone().with_offset(-500).now_ms(), 3_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stamps_strictly_increase_and_follow_peers() {
+        let hlc = HlcClock::new(Clock::starting_at(10_000), "a".into());
+        let first = hlc.stamp();
+        let second = hlc.stamp();
+        assert!(second > first, "same millisecond still orders");
+        hlc.observe(Hlc {
+            wall_ms: 50_000,
+            logical: 7,
+        });
+        let after_peer = hlc.stamp();
+        assert!(
+            after_peer.hlc
+                > Hlc {
+                    wall_ms: 50_000,
+                    logical: 7
+                }
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(hlc.stamp().hlc.wall_ms, 70_000);
+    }
+}

@@ -1,0 +1,448 @@
+//! The ticket entry: a small state-based CRDT (a join semilattice).
+//!
+//! Every write, local or (later) from a peer, is a merge of an [`Entry`] into the
+//! store: one path, so the single node and the cluster decide alike.
+//!
+//! # Shape
+//! An entry is either [`State::Deleted`] (a tombstone) or one *incarnation* of a
+//! live ticket: identity fixed at creation, the payload as a last-writer-wins
+//! register keyed by [`Stamp`] (hybrid logical clock + node id), `last_used` as a
+//! max register and `uses` as a per-node grow-only counter (a `VClock`). Beside the
+//! state, `retain_until_ms` (a max register) says when the record may be forgotten:
+//! the latest hard deadline it ever carried plus the clock-skew budget.
+//!
+//! # Laws (proven by the property tests below)
+//! `merge` is commutative, associative and idempotent, so replicas that have seen
+//! the same writes hold the same entry whatever the order or repetition.
+//! 1. **Remove wins.** `Deleted ⊔ x = Deleted`: a tombstone absorbs any concurrent
+//!    touch, update or re-put (unlike the add-wins `crdts::Map` / `Orswot`).
+//! 2. **Newest incarnation wins whole.** A put that replaces a ticket starts a new
+//!    incarnation with a fresh stamp; between incarnations the greater stamp wins
+//!    entirely, within one incarnation the fields merge pointwise.
+//! 3. **Forgetting is monotone.** `retain_until_ms` only grows, so an entry that is
+//!    past retention after a merge was past it in every input: dropping such
+//!    entries ([`merge_at`]) commutes with merging.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crdts::{CvRDT, LWWReg, VClock};
+
+use crate::clock::{Millis, Stamp};
+
+/// Fields fixed when an incarnation is created.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    pub kind: String,
+    pub principal: Option<String>,
+    pub parent: Option<String>,
+    pub created_at_ms: Millis,
+    /// Effective hard deadline: created + ttl, capped at the parent's deadline.
+    pub deadline_ms: Millis,
+    /// 0 = unlimited.
+    pub max_uses: u32,
+}
+
+/// The part of a ticket that `update` replaces.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub bytes: Bytes,
+    pub idle_ms: Option<Millis>,
+}
+
+impl fmt::Debug for Payload {
+    /// Lengths only: payloads are bearer credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("len", &self.bytes.len())
+            .field("idle_ms", &self.idle_ms)
+            .finish()
+    }
+}
+
+/// One incarnation of a live ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// Stamp of the put that created this incarnation.
+    pub created: Stamp,
+    pub identity: Identity,
+    pub payload: LWWReg<Payload, Stamp>,
+    pub last_used: MaxReg,
+    /// Uses recorded by each node; the total is the sum.
+    pub uses: VClock<Arc<str>>,
+}
+
+impl Incarnation {
+    pub fn total_uses(&self) -> u64 {
+        self.uses.dots.values().sum()
+    }
+
+    /// When the ticket stops being live, ignoring use limits.
+    pub fn expires_at_ms(&self) -> Millis {
+        let idle_end = self
+            .payload
+            .val
+            .idle_ms
+            .map(|idle| self.last_used.0.saturating_add(idle));
+        idle_end.map_or(self.identity.deadline_ms, |end| {
+            end.min(self.identity.deadline_ms)
+        })
+    }
+
+    pub fn is_used_up(&self) -> bool {
+        self.identity.max_uses > 0 && self.total_uses() >= u64::from(self.identity.max_uses)
+    }
+}
+
+/// A ticket's replicated state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    Live(Box<Incarnation>),
+    Deleted,
+}
+
+/// What one node holds for one ticket id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub state: State,
+    /// The record may be forgotten at this time: latest hard deadline it
+    /// carried plus the skew budget. Nothing older than this can come back.
+    pub retain_until_ms: Millis,
+}
+
+/// Why a ticket is not returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    Expired,
+    UsedUp,
+    Deleted,
+}
+
+impl Entry {
+    /// A fresh incarnation, as a put creates it.
+    pub fn create(
+        stamp: Stamp,
+        identity: Identity,
+        payload: Payload,
+        skew_budget_ms: Millis,
+    ) -> Entry {
+        let retain_until_ms = identity.deadline_ms.saturating_add(skew_budget_ms);
+        let last_used = MaxReg(identity.created_at_ms);
+        Entry {
+            state: State::Live(Box::new(Incarnation {
+                created: stamp.clone(),
+                identity,
+                payload: LWWReg {
+                    val: payload,
+                    marker: stamp,
+                },
+                last_used,
+                uses: VClock::new(),
+            })),
+            retain_until_ms,
+        }
+    }
+
+    /// A tombstone that must be remembered until `retain_until_ms`.
+    pub fn tombstone(retain_until_ms: Millis) -> Entry {
+        Entry {
+            state: State::Deleted,
+            retain_until_ms,
+        }
+    }
+
+    pub fn live(&self) -> Option<&Incarnation> {
+        match &self.state {
+            State::Live(incarnation) => Some(incarnation),
+            State::Deleted => None,
+        }
+    }
+
+    pub fn live_mut(&mut self) -> Option<&mut Incarnation> {
+        match &mut self.state {
+            State::Live(incarnation) => Some(incarnation),
+            State::Deleted => None,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        matches!(self.state, State::Deleted)
+    }
+
+    /// The entry's own liveness at `now_ms` (ancestors are the store's concern).
+    pub fn liveness(&self, now_ms: Millis) -> Liveness {
+        match &self.state {
+            State::Deleted => Liveness::Deleted,
+            State::Live(inc) if inc.is_used_up() => Liveness::UsedUp,
+            State::Live(inc) if now_ms >= inc.expires_at_ms() => Liveness::Expired,
+            State::Live(_) => Liveness::Live,
+        }
+    }
+
+    /// Turn into a tombstone, keeping the retention time.
+    pub fn delete(&mut self) {
+        self.state = State::Deleted;
+    }
+}
+
+impl CvRDT for Entry {
+    type Validation = std::convert::Infallible;
+
+    fn validate_merge(&self, _other: &Self) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+
+    fn merge(&mut self, other: Entry) {
+        self.retain_until_ms = self.retain_until_ms.max(other.retain_until_ms);
+        let mine = std::mem::replace(&mut self.state, State::Deleted);
+        self.state = match (mine, other.state) {
+            (State::Deleted, _) | (_, State::Deleted) => State::Deleted,
+            (State::Live(mut a), State::Live(b)) => {
+                if b.created > a.created {
+                    State::Live(b)
+                } else {
+                    if a.created == b.created {
+                        a.merge_same_incarnation(*b);
+                    }
+                    State::Live(a)
+                }
+            }
+        };
+    }
+}
+
+impl Incarnation {
+    fn merge_same_incarnation(&mut self, other: Incarnation) {
+        // Same stamp means same put, so identities agree; the max keeps the merge
+        // deterministic even if a corrupted peer disagrees.
+        if other.identity > self.identity {
+            self.identity = other.identity;
+        }
+        self.payload.merge(other.payload);
+        self.last_used.merge(other.last_used);
+        self.uses.merge(other.uses);
+    }
+}
+
+/// Merge `incoming` into what the store holds (`existing`) as of `now_ms`.
+///
+/// Returns `None` when the result is past retention: the store then forgets the
+/// id, and a stale copy arriving later is ignored the same way.
+pub fn merge_at(existing: Option<Entry>, incoming: Entry, now_ms: Millis) -> Option<Entry> {
+    let merged = match existing {
+        Some(mut entry) => {
+            entry.merge(incoming);
+            entry
+        }
+        None => incoming,
+    };
+    (now_ms < merged.retain_until_ms).then_some(merged)
+}
+
+/// A max register over milliseconds (`crdts` 7 has none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MaxReg(pub Millis);
+
+impl CvRDT for MaxReg {
+    type Validation = std::convert::Infallible;
+
+    fn validate_merge(&self, _other: &Self) -> Result<(), Self::Validation> {
+        Ok(())
+    }
+
+    fn merge(&mut self, other: MaxReg) {
+        self.0 = self.0.max(other.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use crdts::CmRDT;
+    use proptest::prelude::*;
+
+    const NODES: [&str; 3] = ["a", "b", "c"];
+
+    fn stamp(wall_ms: Millis, logical: u32, node: usize) -> Stamp {
+        Stamp {
+            hlc: Hlc { wall_ms, logical },
+            node: NODES[node].into(),
+        }
+    }
+
+    /// Payload bytes are a function of the stamp: one write, one value, as in
+    /// the real system where every stamp is unique.
+    fn payload_for(stamp: &Stamp, idle_ms: Option<Millis>) -> Payload {
+        Payload {
+            bytes: Bytes::from(format!("{}:{}", stamp.to_version(), idle_ms.unwrap_or(0))),
+            idle_ms,
+        }
+    }
+
+    /// Identity is a function of the incarnation stamp, for the same reason.
+    fn identity_for(created: &Stamp) -> Identity {
+        Identity {
+            kind: "TGT".into(),
+            principal: Some("alice".into()),
+            parent: None,
+            created_at_ms: created.hlc.wall_ms,
+            deadline_ms: created.hlc.wall_ms + 1_000 + Millis::from(created.hlc.logical),
+            max_uses: 0,
+        }
+    }
+
+    prop_compose! {
+        fn arb_stamp()(wall in 0u64..4, logical in 0u32..3, node in 0usize..3) -> Stamp {
+            stamp(wall, logical, node)
+        }
+    }
+
+    prop_compose! {
+        fn arb_incarnation()(
+            created in arb_stamp(),
+            payload_offset in 0u64..3,
+            payload_logical in 0u32..3,
+            payload_node in 0usize..3,
+            idle in proptest::option::of(1u64..50),
+            last_used in 0u64..20,
+            uses in proptest::collection::vec((0usize..3, 0u64..4), 0..3),
+        ) -> Incarnation {
+            // A payload write happens at or after its incarnation's creation.
+            let payload_stamp = if payload_offset == 0 {
+                created.clone()
+            } else {
+                stamp(created.hlc.wall_ms + payload_offset, payload_logical, payload_node)
+            };
+            let idle = if payload_stamp == created { None } else { idle };
+            let mut clock = VClock::new();
+            for (node, count) in uses {
+                clock.apply(crdts::Dot::new(Arc::<str>::from(NODES[node]), count));
+            }
+            Incarnation {
+                identity: identity_for(&created),
+                payload: LWWReg { val: payload_for(&payload_stamp, idle), marker: payload_stamp },
+                last_used: MaxReg(created.hlc.wall_ms + last_used),
+                uses: clock,
+                created,
+            }
+        }
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        let live = (arb_incarnation(), 0u64..40).prop_map(|(inc, extra)| Entry {
+            retain_until_ms: inc.identity.deadline_ms + extra,
+            state: State::Live(Box::new(inc)),
+        });
+        let deleted = (0u64..2_000).prop_map(Entry::tombstone);
+        prop_oneof![4 => live, 1 => deleted]
+    }
+
+    fn merged(mut a: Entry, b: Entry) -> Entry {
+        a.merge(b);
+        a
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_entry(), b in arb_entry()) {
+            prop_assert_eq!(merged(a.clone(), b.clone()), merged(b, a));
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_entry(), b in arb_entry(), c in arb_entry()) {
+            prop_assert_eq!(
+                merged(merged(a.clone(), b.clone()), c.clone()),
+                merged(a, merged(b, c))
+            );
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_entry()) {
+            prop_assert_eq!(merged(a.clone(), a.clone()), a);
+        }
+
+        /// A tombstone beats any set of concurrent touches, updates and re-puts,
+        /// whatever order they are merged in.
+        #[test]
+        fn tombstone_wins_in_every_order(
+            tomb in 0u64..2_000,
+            others in proptest::collection::vec(arb_entry(), 1..5),
+            position in 0usize..5,
+        ) {
+            let mut ops = others;
+            let position = position.min(ops.len());
+            ops.insert(position, Entry::tombstone(tomb));
+            let result = ops.into_iter().reduce(merged).expect("non-empty");
+            prop_assert_eq!(result.state, State::Deleted);
+            prop_assert!(result.retain_until_ms >= tomb);
+        }
+
+        /// Merging never lowers what a reader sees grow: uses, last use, retention.
+        #[test]
+        fn merge_is_an_inflation(a in arb_entry(), b in arb_entry()) {
+            let m = merged(a.clone(), b.clone());
+            prop_assert!(m.retain_until_ms >= a.retain_until_ms.max(b.retain_until_ms));
+            if let (Some(ma), Some(mm)) = (a.live(), m.live())
+                && ma.created == mm.created
+            {
+                prop_assert!(mm.total_uses() >= ma.total_uses());
+                prop_assert!(mm.last_used >= ma.last_used);
+                prop_assert!(mm.payload.marker >= ma.payload.marker);
+            }
+        }
+
+        /// An entry past its retention (hard deadline + skew budget) is dropped on
+        /// merge, and dropping gives the same answer in either order.
+        #[test]
+        fn expired_past_retention_is_dropped(a in arb_entry(), b in arb_entry(), now in 0u64..2_100) {
+            let ab = merge_at(Some(a.clone()), b.clone(), now);
+            let ba = merge_at(Some(b.clone()), a.clone(), now);
+            prop_assert_eq!(&ab, &ba);
+            let retain = a.retain_until_ms.max(b.retain_until_ms);
+            prop_assert_eq!(ab.is_none(), now >= retain);
+            // An incoming entry alone past retention never enters the store.
+            prop_assert_eq!(merge_at(None, b.clone(), now).is_none(), now >= b.retain_until_ms);
+        }
+    }
+
+    #[test]
+    fn liveness_follows_deadline_idle_and_uses() {
+        let created = stamp(1_000, 0, 0);
+        let identity = Identity {
+            max_uses: 2,
+            ..identity_for(&created)
+        };
+        let deadline = identity.deadline_ms;
+        let mut entry = Entry::create(
+            created.clone(),
+            identity,
+            Payload {
+                bytes: Bytes::from_static(b"x"),
+                idle_ms: Some(300),
+            },
+            1_000,
+        );
+        assert_eq!(entry.liveness(1_299), Liveness::Live);
+        assert_eq!(entry.liveness(1_300), Liveness::Expired, "idle timeout");
+        let inc = entry.live_mut().expect("live");
+        inc.last_used = MaxReg(1_500);
+        assert_eq!(entry.liveness(1_700), Liveness::Live, "touch slides idle");
+        let inc = entry.live_mut().expect("live");
+        inc.last_used = MaxReg(deadline);
+        assert_eq!(
+            entry.liveness(deadline),
+            Liveness::Expired,
+            "never past hard deadline"
+        );
+        let inc = entry.live_mut().expect("live");
+        inc.uses.apply(inc.uses.inc("a".into()));
+        inc.uses.apply(inc.uses.inc("b".into()));
+        assert_eq!(entry.liveness(1_000), Liveness::UsedUp);
+        entry.delete();
+        assert_eq!(entry.liveness(1_000), Liveness::Deleted);
+        assert_eq!(entry.retain_until_ms, deadline + 1_000);
+    }
+}

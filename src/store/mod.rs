@@ -1,0 +1,891 @@
+//! The local ticket store: a sharded map `id -> Entry` with derived indexes.
+//!
+//! Every change goes through one merge path ([`Store::apply`] and its locked
+//! core): local writes build an entry and merge it exactly as a peer's copy will
+//! be merged, then two local rules run, the same on every node:
+//! - a live entry that is used up, or whose parent is deleted, becomes a tombstone;
+//! - a tombstone cascades to every child (children are found through the index
+//!   kept in the *parent's* shard, so a concurrent child put cannot be missed).
+//!
+//! Mutating calls return the entries they changed ([`Written::changes`]): what
+//! replication pushes to peers.
+
+mod shard;
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use crdts::CmRDT;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::clock::{HlcClock, Millis};
+use crate::entry::{Entry, Identity, Liveness, Payload, merge_at};
+use crate::error::StoreError;
+use crate::redact::tag;
+use crate::ticket::{self, Limits, MAX_PARENT_DEPTH, TicketView};
+use shard::Shard;
+
+/// Entries per shard lock taken by bulk operations before yielding the lock.
+const PAGE: usize = 256;
+
+/// How the store is set up (from the node configuration).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub shards: usize,
+    /// Largest clock difference between nodes that must not change a decision.
+    pub skew_budget_ms: Millis,
+    pub limits: Limits,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            shards: 32,
+            skew_budget_ms: 1_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// An entry that a write changed: what replication sends to peers.
+pub type Change = (Arc<str>, Entry);
+
+/// The result of a write, with the entries it changed.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub changes: Vec<Change>,
+}
+
+/// A put, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct PutTicket {
+    pub id: String,
+    pub kind: Option<String>,
+    pub principal: Option<String>,
+    pub parent: Option<String>,
+    pub payload: Bytes,
+    pub ttl_ms: Millis,
+    pub idle_ms: Option<Millis>,
+    pub max_uses: u32,
+    pub create_only: bool,
+}
+
+/// An update, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateTicket {
+    pub payload: Option<Bytes>,
+    /// `Some(0)` removes the idle timeout.
+    pub idle_ms: Option<Millis>,
+    pub if_version: Option<String>,
+}
+
+/// Filters of `list`.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub kind: Option<String>,
+    pub principal: Option<String>,
+}
+
+/// Where a paged listing resumes.
+#[derive(Clone, Debug, Default)]
+pub struct ListCursor {
+    shard: usize,
+    after: Option<Arc<str>>,
+}
+
+/// Ticket counts from the per-shard counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// What one sweep slice did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Live tickets that died (expired, idle or used up) and became tombstones.
+    pub expired: usize,
+    /// Records forgotten (past hard deadline plus skew budget).
+    pub purged: usize,
+    /// More entries are already due: call again.
+    pub more_due: bool,
+}
+
+/// The node's ticket store.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hlc: HlcClock,
+    config: StoreConfig,
+    /// The due time the sweeper sleeps towards; a write with an earlier one wakes it.
+    sweep_target_ms: AtomicU64,
+    sweep_wake: Notify,
+}
+
+impl Store {
+    pub fn new(config: StoreConfig, hlc: HlcClock) -> Store {
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        Store {
+            shards,
+            hlc,
+            config,
+            sweep_target_ms: AtomicU64::new(Millis::MAX),
+            sweep_wake: Notify::new(),
+        }
+    }
+
+    pub fn hlc(&self) -> &HlcClock {
+        &self.hlc
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn now(&self) -> Millis {
+        self.hlc.clock().now_ms()
+    }
+
+    fn shard_index(&self, id: &str) -> usize {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+        (hash % self.shards.len() as u64) as usize
+    }
+
+    fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard lock leaves indexes consistent (every
+        // change is one `replace`), so a poisoned lock is still usable.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    // ---- reads ----
+
+    /// A live ticket, or `NotFound`. Records nothing.
+    pub fn get(&self, id: &str) -> Result<TicketView, StoreError> {
+        ticket::validate_id("id", id)?;
+        let now = self.now();
+        let (view, parent) = {
+            let shard = self.lock(self.shard_index(id));
+            let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
+            let inc = live_at(entry, now)?;
+            (TicketView::of(id, inc), inc.identity.parent.clone())
+        };
+        self.require_ancestors_live(parent, now)?;
+        Ok(view)
+    }
+
+    /// True unless some ancestor this node holds is dead. An ancestor it does not
+    /// hold is either forgotten (then the child's own deadline has passed too) or
+    /// not replicated here yet.
+    fn ancestors_live(&self, mut parent: Option<String>, now: Millis) -> bool {
+        for _ in 0..MAX_PARENT_DEPTH {
+            let Some(id) = parent else { return true };
+            let shard = self.lock(self.shard_index(&id));
+            match shard.entries.get(id.as_str()) {
+                None => return true,
+                Some(entry) => match entry.live() {
+                    Some(inc) if entry.liveness(now) == Liveness::Live => {
+                        parent = inc.identity.parent.clone();
+                    }
+                    _ => return false,
+                },
+            }
+        }
+        true
+    }
+
+    fn require_ancestors_live(
+        &self,
+        parent: Option<String>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        if self.ancestors_live(parent, now) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    /// Counts of tickets not yet deleted or swept, from per-shard counters.
+    pub fn count(&self) -> Counts {
+        let mut counts = Counts::default();
+        for index in 0..self.shards.len() {
+            let shard = self.lock(index);
+            for (kind, n) in &shard.kinds {
+                *counts.by_kind.entry(kind.clone()).or_default() += n;
+                counts.total += n;
+            }
+        }
+        counts
+    }
+
+    /// Live TGTs of a principal (case-insensitive), oldest first.
+    pub fn sessions_for(&self, principal: &str) -> Result<Vec<TicketView>, StoreError> {
+        ticket::validate_principal(principal)?;
+        let key = principal.to_lowercase();
+        let now = self.now();
+        let mut sessions = Vec::new();
+        for index in 0..self.shards.len() {
+            let shard = self.lock(index);
+            let Some(ids) = shard.by_principal.get(&key) else {
+                continue;
+            };
+            for id in ids {
+                if let Some(entry) = shard.entries.get(id)
+                    && let Ok(inc) = live_at(entry, now)
+                    && inc.identity.kind == "TGT"
+                {
+                    sessions.push((TicketView::of(id, inc), inc.identity.parent.clone()));
+                }
+            }
+        }
+        let mut live: Vec<TicketView> = sessions
+            .into_iter()
+            .filter(|(_, parent)| self.ancestors_live(parent.clone(), now))
+            .map(|(view, _)| view)
+            .collect();
+        live.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(live)
+    }
+
+    /// One page of live tickets matching `filter`, at most `max` of them, and
+    /// where to resume (`None`: done). Holds one shard lock per page.
+    pub fn list_page(
+        &self,
+        filter: &ListFilter,
+        cursor: ListCursor,
+        max: usize,
+    ) -> (Vec<TicketView>, Option<ListCursor>) {
+        let now = self.now();
+        let principal = filter.principal.as_deref().map(str::to_lowercase);
+        let mut page = Vec::new();
+        let mut cursor = cursor;
+        while cursor.shard < self.shards.len() && page.len() < max {
+            let shard = self.lock(cursor.shard);
+            let lower = match &cursor.after {
+                Some(after) => Bound::Excluded(after.clone()),
+                None => Bound::Unbounded,
+            };
+            let range = (lower, Bound::Unbounded);
+            let ids: Box<dyn Iterator<Item = &Arc<str>>> = match &principal {
+                Some(p) => match shard.by_principal.get(p) {
+                    Some(ids) => Box::new(ids.range::<Arc<str>, _>(range)),
+                    None => Box::new(std::iter::empty()),
+                },
+                None => Box::new(shard.entries.range::<Arc<str>, _>(range).map(|(id, _)| id)),
+            };
+            // Scan at most a few pages per lock, even when few entries match.
+            let mut scanned = 0;
+            let mut stopped_at = None;
+            for id in ids {
+                scanned += 1;
+                if let Some(entry) = shard.entries.get(id)
+                    && let Ok(inc) = live_at(entry, now)
+                    && filter.kind.as_ref().is_none_or(|k| *k == inc.identity.kind)
+                {
+                    page.push(TicketView::of(id, inc));
+                }
+                if page.len() >= max || scanned >= PAGE * 4 {
+                    stopped_at = Some(id.clone());
+                    break;
+                }
+            }
+            drop(shard);
+            cursor = match stopped_at {
+                Some(id) => ListCursor {
+                    shard: cursor.shard,
+                    after: Some(id),
+                },
+                None => ListCursor {
+                    shard: cursor.shard + 1,
+                    after: None,
+                },
+            };
+        }
+        let done = cursor.shard >= self.shards.len();
+        (page, (!done).then_some(cursor))
+    }
+
+    // ---- writes ----
+
+    /// Create a ticket, or replace a live one whole (a new incarnation).
+    pub fn put(&self, put: PutTicket) -> Result<Written<TicketView>, StoreError> {
+        let limits = &self.config.limits;
+        ticket::validate_id("id", &put.id)?;
+        let kind = match put.kind {
+            Some(kind) => {
+                ticket::validate_kind(&kind)?;
+                kind
+            }
+            None => ticket::default_kind(&put.id)?,
+        };
+        if let Some(principal) = &put.principal {
+            ticket::validate_principal(principal)?;
+        }
+        if let Some(parent) = &put.parent {
+            ticket::validate_id("parent", parent)?;
+            if *parent == put.id {
+                return Err(StoreError::invalid(
+                    "parent",
+                    "a ticket cannot be its own parent",
+                ));
+            }
+        }
+        limits.validate_payload(&put.payload)?;
+        limits.validate_ttl(put.ttl_ms)?;
+        if let Some(idle) = put.idle_ms {
+            ticket::validate_idle(idle, put.ttl_ms)?;
+        }
+        let now = self.now();
+        if let Some(parent) = &put.parent {
+            self.check_parent_chain(&put.id, parent, now)?;
+        }
+
+        let id: Arc<str> = put.id.as_str().into();
+        let own = self.shard_index(&id);
+        let parent_index = put.parent.as_deref().map(|p| self.shard_index(p));
+        let mut changes = Vec::new();
+        let view = self.with_pair(own, parent_index, |shard, parent_shard| {
+            if let Some(existing) = shard.entries.get(&id) {
+                match existing.liveness(now) {
+                    Liveness::Live if put.create_only => {
+                        return Err(StoreError::AlreadyExists(
+                            "a live ticket with this id exists (create_only)".into(),
+                        ));
+                    }
+                    Liveness::Live => {}
+                    _ => {
+                        return Err(StoreError::AlreadyExists(
+                            "this id belonged to a ticket that is no longer live; ids are never reused"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+            let mut deadline_ms = now.saturating_add(put.ttl_ms);
+            if let Some(parent) = &put.parent {
+                let parent_entry = parent_shard
+                    .as_deref()
+                    .unwrap_or(&*shard)
+                    .entries
+                    .get(parent.as_str());
+                let parent_inc = parent_entry
+                    .filter(|e| e.liveness(now) == Liveness::Live)
+                    .and_then(Entry::live)
+                    .ok_or_else(|| {
+                        StoreError::FailedPrecondition(
+                            "parent ticket is missing, expired, used up or deleted".into(),
+                        )
+                    })?;
+                deadline_ms = deadline_ms.min(parent_inc.identity.deadline_ms);
+            }
+            let identity = Identity {
+                kind,
+                principal: put.principal,
+                parent: put.parent,
+                created_at_ms: now,
+                deadline_ms,
+                max_uses: put.max_uses,
+            };
+            let payload = Payload {
+                bytes: put.payload,
+                idle_ms: put.idle_ms,
+            };
+            let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
+            let stored = self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes);
+            stored
+                .and_then(|e| e.live().map(|inc| TicketView::of(&id, inc)))
+                .ok_or(StoreError::FailedPrecondition(
+                    "parent ticket was deleted".into(),
+                ))
+        })?;
+        debug!(ticket = %tag(&id), kind = %view.kind, "put");
+        Ok(Written {
+            value: view,
+            changes,
+        })
+    }
+
+    /// Refuse parent chains that are dead, too deep, or that loop back to `id`.
+    fn check_parent_chain(&self, id: &str, parent: &str, now: Millis) -> Result<(), StoreError> {
+        let mut next = Some(parent.to_owned());
+        for _ in 0..MAX_PARENT_DEPTH {
+            let Some(current) = next else { return Ok(()) };
+            if current == id {
+                return Err(StoreError::invalid(
+                    "parent",
+                    "the ticket would become its own ancestor",
+                ));
+            }
+            let shard = self.lock(self.shard_index(&current));
+            next = match shard.entries.get(current.as_str()) {
+                Some(entry) if entry.liveness(now) == Liveness::Live => {
+                    entry.live().and_then(|inc| inc.identity.parent.clone())
+                }
+                _ => {
+                    return Err(StoreError::FailedPrecondition(
+                        "parent ticket (or one of its ancestors) is missing, expired, used up or deleted"
+                            .into(),
+                    ));
+                }
+            };
+        }
+        Err(StoreError::invalid(
+            "parent",
+            format!("the parent chain is deeper than {MAX_PARENT_DEPTH}"),
+        ))
+    }
+
+    /// Record one use and return the ticket after it.
+    pub fn touch(&self, id: &str) -> Result<Written<TicketView>, StoreError> {
+        self.record_use(id)
+    }
+
+    /// Check and record one use atomically (service and proxy tickets). On one
+    /// node the shard lock is the single decider; in a cluster the consume
+    /// protocol decides first and then records the use through this same path.
+    pub fn consume(&self, id: &str) -> Result<Written<TicketView>, StoreError> {
+        self.record_use(id)
+    }
+
+    fn record_use(&self, id: &str) -> Result<Written<TicketView>, StoreError> {
+        self.modify_live(id, |store, inc, now| {
+            let node = store.hlc.node().clone();
+            let dot = inc.uses.inc(node);
+            inc.uses.apply(dot);
+            inc.last_used.0 = inc.last_used.0.max(now);
+            Ok(())
+        })
+    }
+
+    /// Replace payload and/or idle timeout, optionally only at a given version.
+    pub fn update(
+        &self,
+        id: &str,
+        update: UpdateTicket,
+    ) -> Result<Written<TicketView>, StoreError> {
+        if update.payload.is_none() && update.idle_ms.is_none() {
+            return Err(StoreError::invalid(
+                "update",
+                "nothing to change: give a payload, an idle timeout or both",
+            ));
+        }
+        if let Some(payload) = &update.payload {
+            self.config.limits.validate_payload(payload)?;
+        }
+        self.modify_live(id, |store, inc, _now| {
+            let current = inc.payload.marker.to_version();
+            if let Some(expected) = &update.if_version
+                && *expected != current
+            {
+                return Err(StoreError::VersionMismatch { current });
+            }
+            let mut payload = inc.payload.val.clone();
+            if let Some(bytes) = &update.payload {
+                payload.bytes = bytes.clone();
+            }
+            if let Some(idle) = update.idle_ms {
+                payload.idle_ms = if idle == 0 {
+                    None
+                } else {
+                    let ttl = inc.identity.deadline_ms - inc.identity.created_at_ms;
+                    ticket::validate_idle(idle, ttl)?;
+                    Some(idle)
+                };
+            }
+            inc.payload.update(payload, store.hlc.stamp());
+            Ok(())
+        })
+    }
+
+    /// Apply `change` to a copy of a live ticket under its shard lock and merge
+    /// the copy back (the same merge a peer's copy goes through).
+    fn modify_live(
+        &self,
+        id: &str,
+        change: impl FnOnce(&Store, &mut crate::entry::Incarnation, Millis) -> Result<(), StoreError>,
+    ) -> Result<Written<TicketView>, StoreError> {
+        ticket::validate_id("id", id)?;
+        let now = self.now();
+        let parent = {
+            let shard = self.lock(self.shard_index(id));
+            let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
+            live_at(entry, now)?.identity.parent.clone()
+        };
+        self.require_ancestors_live(parent, now)?;
+        let id: Arc<str> = id.into();
+        let mut changes = Vec::new();
+        let view = {
+            let mut shard = self.lock(self.shard_index(&id));
+            let entry = shard.entries.get(&id).ok_or(StoreError::NotFound)?;
+            let mut copy = entry.clone();
+            let inc = copy
+                .live_mut()
+                .filter(|_| entry.liveness(now) == Liveness::Live)
+                .ok_or(StoreError::NotFound)?;
+            change(self, inc, now)?;
+            let view = TicketView::of(&id, inc);
+            self.apply_locked(&mut shard, None, &id, copy, now, &mut changes);
+            view
+        };
+        self.cascade(&mut changes, now);
+        Ok(Written {
+            value: view,
+            changes,
+        })
+    }
+
+    /// Delete a ticket and all its descendants. Returns how many were live.
+    pub fn delete(&self, id: &str) -> Result<Written<u64>, StoreError> {
+        ticket::validate_id("id", id)?;
+        let now = self.now();
+        let parent_live = {
+            let shard = self.lock(self.shard_index(id));
+            match shard.entries.get(id) {
+                None => {
+                    return Ok(Written {
+                        value: 0,
+                        changes: Vec::new(),
+                    });
+                }
+                Some(entry) => {
+                    let parent = entry.live().and_then(|inc| inc.identity.parent.clone());
+                    drop(shard);
+                    self.ancestors_live(parent, now)
+                }
+            }
+        };
+        let mut changes = Vec::new();
+        let mut deleted = self.delete_one(&id.into(), None, now, &mut changes);
+        if !parent_live {
+            deleted.0 = false;
+        }
+        let removed = u64::from(deleted.0) + self.cascade(&mut changes, now);
+        debug!(ticket = %tag(id), removed, "delete");
+        Ok(Written {
+            value: removed,
+            changes,
+        })
+    }
+
+    /// Tombstone one id (if it is stored and, when `expected_parent` is given,
+    /// still a child of it). Returns (was live, was stored).
+    fn delete_one(
+        &self,
+        id: &Arc<str>,
+        expected_parent: Option<&str>,
+        now: Millis,
+        changes: &mut Vec<Change>,
+    ) -> (bool, bool) {
+        let mut shard = self.lock(self.shard_index(id));
+        let Some(entry) = shard.entries.get(id) else {
+            return (false, false);
+        };
+        if let Some(parent) = expected_parent
+            && entry
+                .live()
+                .is_some_and(|inc| inc.identity.parent.as_deref() != Some(parent))
+        {
+            // Re-put under another parent since it was indexed here.
+            return (false, true);
+        }
+        let was_live = entry.liveness(now) == Liveness::Live;
+        let tombstone = Entry::tombstone(0);
+        self.apply_locked(&mut shard, None, id, tombstone, now, changes);
+        (was_live, true)
+    }
+
+    /// Delete every ticket that exists when the call starts.
+    pub fn delete_all(&self) -> Written<u64> {
+        let now = self.now();
+        let mut changes = Vec::new();
+        let mut removed = 0;
+        for index in 0..self.shards.len() {
+            let mut after: Option<Arc<str>> = None;
+            loop {
+                let ids: Vec<Arc<str>> = {
+                    let shard = self.lock(index);
+                    let lower = match &after {
+                        Some(a) => Bound::Excluded(a.clone()),
+                        None => Bound::Unbounded,
+                    };
+                    shard
+                        .entries
+                        .range::<Arc<str>, _>((lower, Bound::Unbounded))
+                        .take(PAGE)
+                        .map(|(id, _)| id.clone())
+                        .collect()
+                };
+                let Some(last) = ids.last().cloned() else {
+                    break;
+                };
+                for id in &ids {
+                    removed += u64::from(self.delete_one(id, None, now, &mut changes).0);
+                }
+                removed += self.cascade(&mut changes, now);
+                after = Some(last);
+            }
+        }
+        debug!(removed, "delete_all");
+        Written {
+            value: removed,
+            changes,
+        }
+    }
+
+    /// Delete every ticket of a principal (case-insensitive), with descendants.
+    pub fn delete_for(&self, principal: &str) -> Result<Written<u64>, StoreError> {
+        ticket::validate_principal(principal)?;
+        let key = principal.to_lowercase();
+        let now = self.now();
+        let mut changes = Vec::new();
+        let mut removed = 0;
+        for index in 0..self.shards.len() {
+            let ids: Vec<Arc<str>> = {
+                let shard = self.lock(index);
+                shard
+                    .by_principal
+                    .get(&key)
+                    .map(|ids| ids.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            for id in &ids {
+                removed += u64::from(self.delete_one(id, None, now, &mut changes).0);
+            }
+        }
+        removed += self.cascade(&mut changes, now);
+        debug!(removed, "delete_for");
+        Ok(Written {
+            value: removed,
+            changes,
+        })
+    }
+
+    /// Merge an entry received from a peer (or anti-entropy). Returns what
+    /// changed here, cascades included.
+    pub fn apply(&self, id: &str, incoming: Entry) -> Vec<Change> {
+        let now = self.now();
+        let id: Arc<str> = id.into();
+        let own = self.shard_index(&id);
+        let parent_index = incoming
+            .live()
+            .and_then(|inc| inc.identity.parent.as_deref())
+            .map(|p| self.shard_index(p));
+        let mut changes = Vec::new();
+        self.with_pair(own, parent_index, |shard, parent_shard| {
+            self.apply_locked(shard, parent_shard, &id, incoming, now, &mut changes);
+        });
+        self.cascade(&mut changes, now);
+        changes
+    }
+
+    /// The merge path, under the entry's shard lock (and its parent's shard lock
+    /// when `parent_shard` is given, or when the parent shares the shard).
+    /// Records the change and returns what is stored now.
+    fn apply_locked(
+        &self,
+        shard: &mut Shard,
+        parent_shard: Option<&mut Shard>,
+        id: &Arc<str>,
+        incoming: Entry,
+        now: Millis,
+        changes: &mut Vec<Change>,
+    ) -> Option<Entry> {
+        let before = shard.entries.get(id).cloned();
+        let mut merged = merge_at(before.clone(), incoming, now);
+        let mut parent_key = None;
+        if let Some(entry) = merged.as_mut()
+            && let Some(inc) = entry.live()
+        {
+            let used_up = inc.is_used_up();
+            let parent = inc.identity.parent.clone();
+            let parent_deleted = parent.as_deref().is_some_and(|p| {
+                let holder: &Shard = parent_shard.as_deref().unwrap_or(&*shard);
+                holder.entries.get(p).is_some_and(Entry::is_deleted)
+            });
+            if used_up || parent_deleted {
+                entry.delete();
+            } else {
+                parent_key = parent;
+            }
+        }
+        if merged == before {
+            return merged;
+        }
+        // A child is indexed under its parent so a later delete of the parent finds it.
+        if let Some(parent) = parent_key {
+            let holder: &mut Shard = match parent_shard {
+                Some(other) => other,
+                None => shard,
+            };
+            holder
+                .children
+                .entry(parent.as_str().into())
+                .or_default()
+                .insert(id.clone());
+        }
+        let due = shard.replace(id, merged.clone(), self.config.skew_budget_ms);
+        if let Some(due) = due {
+            self.wake_sweeper_for(due);
+        }
+        if let Some(entry) = &merged {
+            changes.push((id.clone(), entry.clone()));
+        }
+        merged
+    }
+
+    /// Tombstone every child of every tombstone in `changes` (recursively).
+    /// Returns how many of them were live.
+    fn cascade(&self, changes: &mut Vec<Change>, now: Millis) -> u64 {
+        let mut removed = 0;
+        let mut next = 0;
+        while next < changes.len() {
+            let (parent, entry) = &changes[next];
+            next += 1;
+            if !entry.is_deleted() {
+                continue;
+            }
+            let parent = parent.clone();
+            let children = {
+                let mut shard = self.lock(self.shard_index(&parent));
+                shard.children.remove(&parent).unwrap_or_default()
+            };
+            for child in children {
+                removed += u64::from(self.delete_one(&child, Some(&parent), now, changes).0);
+            }
+        }
+        removed
+    }
+
+    /// Lock the entry's shard and, if different, its parent's, in index order
+    /// (the one lock order that cannot deadlock).
+    fn with_pair<R>(
+        &self,
+        own: usize,
+        parent: Option<usize>,
+        f: impl FnOnce(&mut Shard, Option<&mut Shard>) -> R,
+    ) -> R {
+        match parent {
+            Some(parent) if parent != own => {
+                let (mut first, mut second) = if own < parent {
+                    let a = self.lock(own);
+                    let b = self.lock(parent);
+                    (a, b)
+                } else {
+                    let b = self.lock(parent);
+                    let a = self.lock(own);
+                    (a, b)
+                };
+                f(&mut first, Some(&mut second))
+            }
+            _ => {
+                let mut shard = self.lock(own);
+                f(&mut shard, None)
+            }
+        }
+    }
+
+    // ---- expiry ----
+
+    /// Earliest time at which the sweeper has work.
+    pub fn next_due(&self) -> Option<Millis> {
+        (0..self.shards.len())
+            .filter_map(|index| self.lock(index).next_due())
+            .min()
+    }
+
+    fn wake_sweeper_for(&self, due: Millis) {
+        if due < self.sweep_target_ms.load(Ordering::Relaxed) {
+            self.sweep_wake.notify_one();
+        }
+    }
+
+    /// Set what the sweeper waits for; returns the wake-up signal.
+    pub(crate) fn sweeper_waits_until(&self, due: Millis) -> &Notify {
+        self.sweep_target_ms.store(due, Ordering::Relaxed);
+        &self.sweep_wake
+    }
+
+    /// Handle at most `budget` due entries: live tickets that died become
+    /// tombstones (cascading to their children), tombstones and dead records
+    /// past retention are forgotten. Each shard lock is held for one slice only.
+    pub fn sweep(&self, budget: usize) -> SweepReport {
+        let now = self.now();
+        let mut report = SweepReport::default();
+        let mut changes = Vec::new();
+        let mut forgotten_children = Vec::new();
+        let mut left = budget;
+        for index in 0..self.shards.len() {
+            if left == 0 {
+                break;
+            }
+            let mut shard = self.lock(index);
+            while left > 0 {
+                let Some((due, id)) = shard.due.first().cloned() else {
+                    break;
+                };
+                if due > now {
+                    break;
+                }
+                left -= 1;
+                let Some(entry) = shard.entries.get(&id) else {
+                    shard.due.remove(&(due, id));
+                    continue;
+                };
+                if now >= entry.retain_until_ms {
+                    if let Some(parent) = entry.live().and_then(|inc| inc.identity.parent.clone()) {
+                        forgotten_children.push((parent, id.clone()));
+                    }
+                    shard.replace(&id, None, self.config.skew_budget_ms);
+                    report.purged += 1;
+                } else if entry.is_deleted() || entry.liveness(now) == Liveness::Live {
+                    // Not due yet (cannot happen while `replace` keeps the index
+                    // exact); drop the stray key rather than spin on it.
+                    tracing::warn!(ticket = %tag(&id), "sweeper found a stale index key");
+                    shard.due.remove(&(due, id));
+                } else {
+                    report.expired += 1;
+                    self.apply_locked(
+                        &mut shard,
+                        None,
+                        &id,
+                        Entry::tombstone(0),
+                        now,
+                        &mut changes,
+                    );
+                }
+            }
+        }
+        report.more_due = left == 0 && self.next_due().is_some_and(|due| due <= now);
+        self.cascade(&mut changes, now);
+        for (parent, child) in forgotten_children {
+            let mut shard = self.lock(self.shard_index(&parent));
+            if let Some(children) = shard.children.get_mut(parent.as_str()) {
+                children.remove(&child);
+                if children.is_empty() {
+                    shard.children.remove(parent.as_str());
+                }
+            }
+        }
+        report
+    }
+}
+
+/// The incarnation if the entry itself is live at `now` (ancestors aside).
+fn live_at(entry: &Entry, now: Millis) -> Result<&crate::entry::Incarnation, StoreError> {
+    match entry.liveness(now) {
+        Liveness::Live => entry.live().ok_or(StoreError::NotFound),
+        _ => Err(StoreError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! One shard of the store: entries plus the indexes derived from them.
+//!
+//! Indexes are never written directly: [`Shard::replace`] derives them from the
+//! entry before and after every change, so they cannot drift from the entries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::clock::Millis;
+use crate::entry::{Entry, State};
+
+/// Entries of one shard and their indexes.
+#[derive(Default)]
+pub(super) struct Shard {
+    /// Ordered so `list` and `delete_all` can resume from a cursor.
+    pub entries: BTreeMap<Arc<str>, Entry>,
+    /// `(due, id)`: when the sweeper must next look at an entry (death of a live
+    /// ticket, or forgetting a tombstone). Ordered, so sweeping never scans.
+    pub due: BTreeSet<(Millis, Arc<str>)>,
+    /// Parent id (stored in *this* shard) -> ids of its children, wherever they
+    /// are stored. Kept with the parent so a child put and a parent delete meet
+    /// under one lock: a delete can never miss a child created concurrently.
+    pub children: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Lower-cased principal -> ids in this shard that are not deleted.
+    pub by_principal: HashMap<String, BTreeSet<Arc<str>>>,
+    /// Non-deleted entries of this shard per kind (`count` sums these).
+    pub kinds: HashMap<String, u64>,
+}
+
+/// What the indexes record about one entry.
+#[derive(PartialEq, Eq)]
+struct IndexKeys {
+    due_ms: Millis,
+    /// Kind and lower-cased principal of a not-yet-deleted entry.
+    counted: Option<(String, Option<String>)>,
+}
+
+impl IndexKeys {
+    fn of(entry: &Entry, skew_budget_ms: Millis) -> IndexKeys {
+        match &entry.state {
+            State::Deleted => IndexKeys {
+                due_ms: entry.retain_until_ms,
+                counted: None,
+            },
+            State::Live(inc) => {
+                // Used up: the sweeper tombstones it now. Idle: only after the skew
+                // budget, so a touch taken on a peer just before can still arrive.
+                let idle_end = inc
+                    .payload
+                    .val
+                    .idle_ms
+                    .map(|idle| inc.last_used.0.saturating_add(idle) + skew_budget_ms);
+                let due_ms = if inc.is_used_up() {
+                    0
+                } else {
+                    idle_end.map_or(inc.identity.deadline_ms, |end| {
+                        end.min(inc.identity.deadline_ms)
+                    })
+                };
+                IndexKeys {
+                    due_ms,
+                    counted: Some((
+                        inc.identity.kind.clone(),
+                        inc.identity.principal.as_deref().map(str::to_lowercase),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Store `new` for `id` (or forget `id` when `None`), keeping every index in
+    /// step. Returns the due time of the new entry, for waking the sweeper.
+    pub fn replace(
+        &mut self,
+        id: &Arc<str>,
+        new: Option<Entry>,
+        skew_budget_ms: Millis,
+    ) -> Option<Millis> {
+        let before = self
+            .entries
+            .get(id)
+            .map(|entry| IndexKeys::of(entry, skew_budget_ms));
+        let after = new
+            .as_ref()
+            .map(|entry| IndexKeys::of(entry, skew_budget_ms));
+        let due = after.as_ref().map(|keys| keys.due_ms);
+        match new {
+            Some(entry) => {
+                self.entries.insert(id.clone(), entry);
+            }
+            None => {
+                self.entries.remove(id);
+                self.children.remove(id);
+            }
+        }
+        if before == after {
+            return due;
+        }
+        if let Some(keys) = before {
+            self.due.remove(&(keys.due_ms, id.clone()));
+            if let Some((kind, principal)) = keys.counted {
+                self.uncount(id, kind, principal);
+            }
+        }
+        if let Some(keys) = after {
+            self.due.insert((keys.due_ms, id.clone()));
+            if let Some((kind, principal)) = keys.counted {
+                *self.kinds.entry(kind).or_default() += 1;
+                if let Some(principal) = principal {
+                    self.by_principal
+                        .entry(principal)
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+        }
+        due
+    }
+
+    fn uncount(&mut self, id: &Arc<str>, kind: String, principal: Option<String>) {
+        if let Some(count) = self.kinds.get_mut(&kind) {
+            *count -= 1;
+            if *count == 0 {
+                self.kinds.remove(&kind);
+            }
+        }
+        if let Some(principal) = principal
+            && let Some(ids) = self.by_principal.get_mut(&principal)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_principal.remove(&principal);
+            }
+        }
+    }
+
+    /// Earliest due time in this shard.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.due.first().map(|(due, _)| *due)
+    }
+}

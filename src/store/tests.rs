@@ -1,0 +1,544 @@
+//! Store tests. Time is tokio's paused clock: `advance` drives every expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::clock::{Clock, HlcClock};
+use crate::entry::State;
+use crate::sweeper::Sweeper;
+use crate::worker::{self, Shutdown};
+
+const EPOCH: Millis = 1_700_000_000_000;
+const SKEW: Millis = 1_000;
+
+fn store() -> Store {
+    Store::new(
+        StoreConfig {
+            shards: 8,
+            skew_budget_ms: SKEW,
+            limits: Limits::default(),
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "node-a".into()),
+    )
+}
+
+fn put(id: &str, ttl_ms: Millis) -> PutTicket {
+    PutTicket {
+        id: id.into(),
+        payload: Bytes::from_static(b"payload"),
+        ttl_ms,
+        ..PutTicket::default()
+    }
+}
+
+fn child(id: &str, parent: &str, ttl_ms: Millis) -> PutTicket {
+    PutTicket {
+        parent: Some(parent.into()),
+        ..put(id, ttl_ms)
+    }
+}
+
+/// Let `n` seconds pass on the paused clock. A sleep (rather than `advance`)
+/// lets every timer due on the way, the sweeper's included, fire in order.
+async fn secs(n: u64) {
+    tokio::time::sleep(Duration::from_secs(n)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn put_then_get_returns_the_ticket() {
+    let store = store();
+    let written = store
+        .put(PutTicket {
+            principal: Some("Alice".into()),
+            idle_ms: Some(7_200_000),
+            ..put("TGT-1-abc-cas01", 28_800_000)
+        })
+        .unwrap();
+    assert_eq!(written.changes.len(), 1, "one entry to replicate");
+    let got = store.get("TGT-1-abc-cas01").unwrap();
+    assert_eq!(got, written.value);
+    assert_eq!(got.kind, "TGT", "kind defaults to the id prefix");
+    assert_eq!(got.principal.as_deref(), Some("Alice"));
+    assert_eq!(got.created_at_ms, EPOCH);
+    assert_eq!(got.deadline_ms, EPOCH + 28_800_000);
+    assert_eq!(got.uses, 0);
+    assert_eq!(store.get("TGT-2").unwrap_err(), StoreError::NotFound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_only_refuses_and_upsert_replaces_whole() {
+    let store = store();
+    let first = store.put(put("ST-1", 10_000)).unwrap().value;
+    let err = store
+        .put(PutTicket {
+            create_only: true,
+            ..put("ST-1", 10_000)
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)));
+    store.touch("ST-1").unwrap();
+    let second = store
+        .put(PutTicket {
+            payload: Bytes::from_static(b"new"),
+            max_uses: 3,
+            ..put("ST-1", 20_000)
+        })
+        .unwrap()
+        .value;
+    assert_ne!(first.version, second.version);
+    let got = store.get("ST-1").unwrap();
+    assert_eq!(got.payload, Bytes::from_static(b"new"));
+    assert_eq!((got.uses, got.max_uses), (0, 3), "a new incarnation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_refused_naming_field_and_limit() {
+    let store = Store::new(
+        StoreConfig {
+            shards: 2,
+            skew_budget_ms: SKEW,
+            limits: Limits {
+                max_payload_bytes: 8,
+                max_ttl: Duration::from_secs(60),
+            },
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "n".into()),
+    );
+    let cases: Vec<(PutTicket, &str)> = vec![
+        (put("", 1_000), "invalid id"),
+        (put("ST 1", 1_000), "invalid id"),
+        (put(&"S".repeat(257), 1_000), "256"),
+        (put("st-1", 1_000), "invalid kind"),
+        (put("ST-1", 0), "invalid ttl"),
+        (put("ST-1", 60_001), "max_ttl"),
+        (
+            PutTicket {
+                payload: Bytes::from_static(b"123456789"),
+                ..put("ST-1", 1_000)
+            },
+            "max_payload_bytes = 8",
+        ),
+        (
+            PutTicket {
+                idle_ms: Some(2_000),
+                ..put("ST-1", 1_000)
+            },
+            "invalid idle",
+        ),
+        (
+            PutTicket {
+                principal: Some("p".repeat(257)),
+                ..put("ST-1", 1_000)
+            },
+            "invalid principal",
+        ),
+    ];
+    for (request, expected) in cases {
+        let err = store.put(request).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+    }
+    assert_eq!(store.count().total, 0, "nothing written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn child_needs_a_live_parent_and_never_outlives_it() {
+    let store = store();
+    let err = store.put(child("ST-1", "TGT-1", 10_000)).unwrap_err();
+    assert!(matches!(err, StoreError::FailedPrecondition(_)), "{err}");
+    store.put(put("TGT-1", 5_000)).unwrap();
+    let st = store.put(child("ST-1", "TGT-1", 10_000)).unwrap().value;
+    assert_eq!(
+        st.deadline_ms,
+        EPOCH + 5_000,
+        "capped at the parent's deadline"
+    );
+    let err = store.put(child("TGT-1", "ST-1", 1_000)).unwrap_err();
+    assert!(err.to_string().contains("own ancestor"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn touch_records_uses_and_the_last_use_kills() {
+    let store = store();
+    store
+        .put(PutTicket {
+            max_uses: 2,
+            ..put("ST-1", 10_000)
+        })
+        .unwrap();
+    secs(1).await;
+    let first = store.touch("ST-1").unwrap().value;
+    assert_eq!((first.uses, first.last_used_ms), (1, EPOCH + 1_000));
+    let second = store.consume("ST-1").unwrap().value;
+    assert_eq!(second.uses, 2, "the last use still succeeds");
+    assert_eq!(store.get("ST-1").unwrap_err(), StoreError::NotFound);
+    assert_eq!(store.consume("ST-1").unwrap_err(), StoreError::NotFound);
+    let err = store.put(put("ST-1", 10_000)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists(_)),
+        "ids are never reused"
+    );
+}
+
+#[test]
+fn concurrent_consumes_of_a_single_use_ticket_succeed_once() {
+    let store = Arc::new(Store::new(
+        StoreConfig::default(),
+        HlcClock::new(Clock::starting_at(EPOCH), "n".into()),
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    for round in 0..200 {
+        let id = format!("ST-{round}");
+        store
+            .put(PutTicket {
+                max_uses: 1,
+                ..put(&id, 10_000)
+            })
+            .unwrap();
+        let successes: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let store = store.clone();
+                    let id = id.clone();
+                    scope.spawn(move || usize::from(store.consume(&id).is_ok()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(successes, 1, "round {round}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn update_compares_and_sets_on_version() {
+    let store = store();
+    let v1 = store.put(put("TGT-1", 10_000)).unwrap().value.version;
+    let v2 = store
+        .update(
+            "TGT-1",
+            UpdateTicket {
+                payload: Some(Bytes::from_static(b"two")),
+                if_version: Some(v1.clone()),
+                ..UpdateTicket::default()
+            },
+        )
+        .unwrap()
+        .value
+        .version;
+    assert_ne!(v1, v2);
+    let err = store
+        .update(
+            "TGT-1",
+            UpdateTicket {
+                payload: Some(Bytes::from_static(b"three")),
+                if_version: Some(v1),
+                ..UpdateTicket::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err, StoreError::VersionMismatch { current: v2 });
+    assert_eq!(
+        store.get("TGT-1").unwrap().payload,
+        Bytes::from_static(b"two")
+    );
+    let touched = store.touch("TGT-1").unwrap().value;
+    assert_eq!(touched.version, store.get("TGT-1").unwrap().version);
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_cascades_to_every_descendant() {
+    let store = store();
+    store.put(put("TGT-1", 60_000)).unwrap();
+    store.put(child("PGT-1", "TGT-1", 60_000)).unwrap();
+    store.put(child("PT-1", "PGT-1", 60_000)).unwrap();
+    store.put(child("ST-1", "TGT-1", 60_000)).unwrap();
+    store.put(put("TGT-2", 60_000)).unwrap();
+    let written = store.delete("TGT-1").unwrap();
+    assert_eq!(written.value, 4);
+    assert_eq!(written.changes.len(), 4, "four tombstones to replicate");
+    for id in ["TGT-1", "PGT-1", "PT-1", "ST-1"] {
+        assert_eq!(store.get(id).unwrap_err(), StoreError::NotFound, "{id}");
+    }
+    assert!(store.get("TGT-2").is_ok());
+    let err = store.put(child("ST-2", "TGT-1", 1_000)).unwrap_err();
+    assert!(matches!(err, StoreError::FailedPrecondition(_)));
+    assert_eq!(store.delete("TGT-1").unwrap().value, 0);
+    assert_eq!(store.delete("NOPE-1").unwrap().value, 0);
+    assert_eq!(store.count().total, 1);
+}
+
+/// A child put racing its parent's delete is either refused or deleted with it.
+#[test]
+fn delete_never_misses_a_concurrent_child() {
+    let store = Arc::new(Store::new(
+        StoreConfig::default(),
+        HlcClock::new(Clock::starting_at(EPOCH), "n".into()),
+    ));
+    for round in 0..300 {
+        let parent = format!("TGT-{round}");
+        store.put(put(&parent, 60_000)).unwrap();
+        std::thread::scope(|scope| {
+            for n in 0..4 {
+                let store = store.clone();
+                let parent = parent.clone();
+                scope.spawn(move || {
+                    let _ = store.put(child(&format!("ST-{round}-{n}"), &parent, 10_000));
+                });
+            }
+            let store = store.clone();
+            let parent = parent.clone();
+            scope.spawn(move || store.delete(&parent).unwrap());
+        });
+        for n in 0..4 {
+            let id = format!("ST-{round}-{n}");
+            assert_eq!(store.get(&id).unwrap_err(), StoreError::NotFound, "{id}");
+        }
+    }
+    assert_eq!(store.count().total, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_is_exact_whether_or_not_swept() {
+    let store = store();
+    store.put(put("ST-1", 10_000)).unwrap();
+    tokio::time::sleep(Duration::from_millis(9_999)).await;
+    assert!(store.get("ST-1").is_ok());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.get("ST-1").unwrap_err(), StoreError::NotFound);
+    assert_eq!(store.touch("ST-1").unwrap_err(), StoreError::NotFound);
+    assert_eq!(store.count().total, 1, "not swept yet");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_slides_on_touch_but_reads_never_extend() {
+    let store = store();
+    store
+        .put(PutTicket {
+            idle_ms: Some(2_000),
+            ..put("TGT-1", 5_000)
+        })
+        .unwrap();
+    secs(1).await;
+    store.get("TGT-1").unwrap();
+    secs(1).await;
+    assert!(store.get("TGT-1").is_err(), "a get is not a use");
+
+    store
+        .put(PutTicket {
+            idle_ms: Some(2_000),
+            ..put("TGT-2", 5_000)
+        })
+        .unwrap();
+    for _ in 0..4 {
+        secs(1).await;
+        store.touch("TGT-2").unwrap();
+    }
+    secs(1).await;
+    assert!(
+        store.get("TGT-2").is_err(),
+        "touches never pass the hard deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeper_removes_dead_tickets_and_later_their_tombstones() {
+    let store = Arc::new(store());
+    let shutdown = Shutdown::new();
+    let sweeper = worker::spawn(Sweeper::new(store.clone()), &shutdown);
+    store.put(put("TGT-1", 10_000)).unwrap();
+    store.put(child("ST-1", "TGT-1", 3_000)).unwrap();
+    store.put(put("TGT-2", 60_000)).unwrap();
+    assert_eq!(store.count().total, 3);
+    secs(4).await;
+    assert_eq!(
+        store.count().by_kind.get("ST"),
+        None,
+        "swept at its deadline"
+    );
+    secs(7).await;
+    let counts = store.count();
+    assert_eq!(counts.total, 1);
+    assert_eq!(counts.by_kind.get("TGT"), Some(&1));
+    // Tombstones stay until deadline + skew budget, so stale copies stay dead.
+    let shard = store.lock(store.shard_index("TGT-1"));
+    assert!(shard.entries.get("TGT-1").is_some_and(Entry::is_deleted));
+    drop(shard);
+    secs(2).await;
+    let shard = store.lock(store.shard_index("TGT-1"));
+    assert!(shard.entries.get("TGT-1").is_none(), "forgotten after skew");
+    drop(shard);
+    shutdown.stop();
+    sweeper.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeper_kills_descendants_of_an_idle_parent() {
+    let store = Arc::new(store());
+    let shutdown = Shutdown::new();
+    let _sweeper = worker::spawn(Sweeper::new(store.clone()), &shutdown);
+    store
+        .put(PutTicket {
+            idle_ms: Some(2_000),
+            ..put("TGT-1", 60_000)
+        })
+        .unwrap();
+    store.put(child("PGT-1", "TGT-1", 60_000)).unwrap();
+    secs(2).await;
+    assert!(
+        store.get("PGT-1").is_err(),
+        "a dead parent hides its children at once"
+    );
+    secs(2).await;
+    assert_eq!(store.count().total, 0, "and the sweeper tombstones them");
+    shutdown.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweep_works_in_bounded_slices() {
+    let store = store();
+    for n in 0..1_000 {
+        store.put(put(&format!("ST-{n}"), 2_000)).unwrap();
+    }
+    secs(2).await;
+    let report = store.sweep(300);
+    assert_eq!(report.expired, 300);
+    assert!(report.more_due);
+    let mut expired = 300;
+    loop {
+        let report = store.sweep(300);
+        if report.expired == 0 {
+            break;
+        }
+        expired += report.expired;
+    }
+    assert_eq!(expired, 1_000);
+    assert_eq!(store.count().total, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn counts_sessions_and_logout_everywhere() {
+    let store = store();
+    for (id, principal) in [("TGT-1", "Alice"), ("TGT-2", "alice"), ("TGT-3", "bob")] {
+        store
+            .put(PutTicket {
+                principal: Some(principal.into()),
+                ..put(id, 60_000)
+            })
+            .unwrap();
+    }
+    store.put(child("ST-1", "TGT-1", 10_000)).unwrap();
+    let counts = store.count();
+    assert_eq!(counts.total, 4);
+    assert_eq!(counts.by_kind.get("TGT"), Some(&3));
+    assert_eq!(counts.by_kind.get("ST"), Some(&1));
+    let sessions = store.sessions_for("ALICE").unwrap();
+    let ids: Vec<_> = sessions.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["TGT-1", "TGT-2"]);
+    assert_eq!(
+        store.delete_for("aLiCe").unwrap().value,
+        3,
+        "two TGTs and an ST"
+    );
+    assert!(store.sessions_for("alice").unwrap().is_empty());
+    assert_eq!(store.count().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_pages_through_everything_with_filters() {
+    let store = store();
+    for n in 0..1_500 {
+        let kind_id = if n % 3 == 0 { "TGT" } else { "ST" };
+        store
+            .put(PutTicket {
+                principal: Some(format!("user{}", n % 10)),
+                ..put(&format!("{kind_id}-{n}"), 60_000)
+            })
+            .unwrap();
+    }
+    let collect = |filter: ListFilter| {
+        let mut all = Vec::new();
+        let mut cursor = Some(ListCursor::default());
+        while let Some(at) = cursor {
+            let (page, next) = store.list_page(&filter, at, 100);
+            assert!(page.len() <= 100);
+            all.extend(page.into_iter().map(|t| t.id));
+            cursor = next;
+        }
+        all
+    };
+    let everything = collect(ListFilter::default());
+    assert_eq!(everything.len(), 1_500);
+    let unique: std::collections::HashSet<_> = everything.iter().collect();
+    assert_eq!(unique.len(), 1_500);
+    assert_eq!(
+        collect(ListFilter {
+            kind: Some("TGT".into()),
+            ..ListFilter::default()
+        })
+        .len(),
+        500
+    );
+    assert_eq!(
+        collect(ListFilter {
+            principal: Some("USER3".into()),
+            ..ListFilter::default()
+        })
+        .len(),
+        150
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_all_removes_everything() {
+    let store = store();
+    for n in 0..700 {
+        store.put(put(&format!("ST-{n}"), 60_000)).unwrap();
+    }
+    assert_eq!(store.delete_all().value, 700);
+    assert_eq!(store.count().total, 0);
+    assert!(store.get("ST-5").is_err());
+}
+
+/// A peer's tombstone beats a touch made here; a stale copy cannot resurrect.
+#[tokio::test(start_paused = true)]
+async fn merged_tombstones_win_and_stale_copies_are_ignored() {
+    let store = store();
+    let written = store.put(put("TGT-1", 10_000)).unwrap();
+    let (_, live_copy) = written.changes[0].clone();
+    store.touch("TGT-1").unwrap();
+    store.apply("TGT-1", Entry::tombstone(0));
+    assert!(store.get("TGT-1").is_err());
+    store.apply("TGT-1", live_copy.clone());
+    assert!(store.get("TGT-1").is_err(), "remove wins");
+
+    // Past deadline + skew, an incoming copy is ignored altogether.
+    secs(12).await;
+    store.sweep(100);
+    assert!(store.apply("TGT-1", live_copy).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_arriving_after_its_parent_died_is_deleted_on_arrival() {
+    let store = store();
+    let other = Store::new(
+        StoreConfig::default(),
+        HlcClock::new(Clock::starting_at(EPOCH), "node-b".into()),
+    );
+    other.put(put("TGT-1", 60_000)).unwrap();
+    let child_copy = other.put(child("ST-1", "TGT-1", 10_000)).unwrap().changes;
+    store.put(put("TGT-1", 60_000)).unwrap();
+    store.delete("TGT-1").unwrap();
+    for (id, entry) in child_copy {
+        let changed = store.apply(&id, entry);
+        assert!(matches!(changed[0].1.state, State::Deleted));
+    }
+    assert!(store.get("ST-1").is_err());
+    assert_eq!(store.count().total, 0);
+}

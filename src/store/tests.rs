@@ -43,6 +43,12 @@ fn child(id: &str, parent: &str, ttl_ms: Millis) -> PutTicket {
 
 /// Let `n` seconds pass on the paused clock. A sleep (rather than `advance`)
 /// lets every timer due on the way, the sweeper's included, fire in order.
+/// Whether the store holds a record for `id`, and whether it is a tombstone.
+fn stored_state(store: &Store, id: &str) -> Option<bool> {
+    let shard = store.lock(store.shard_index(id));
+    shard.entries.get(id).map(Entry::is_deleted)
+}
+
 async fn secs(n: u64) {
     tokio::time::sleep(Duration::from_secs(n)).await;
 }
@@ -367,13 +373,9 @@ async fn sweeper_removes_dead_tickets_and_later_their_tombstones() {
     assert_eq!(counts.total, 1);
     assert_eq!(counts.by_kind.get("TGT"), Some(&1));
     // Tombstones stay until deadline + skew budget, so stale copies stay dead.
-    let shard = store.lock(store.shard_index("TGT-1"));
-    assert!(shard.entries.get("TGT-1").is_some_and(Entry::is_deleted));
-    drop(shard);
+    assert_eq!(stored_state(&store, "TGT-1"), Some(true), "a tombstone");
     secs(2).await;
-    let shard = store.lock(store.shard_index("TGT-1"));
-    assert!(shard.entries.get("TGT-1").is_none(), "forgotten after skew");
-    drop(shard);
+    assert_eq!(stored_state(&store, "TGT-1"), None, "forgotten after skew");
     shutdown.stop();
     sweeper.await.unwrap();
 }

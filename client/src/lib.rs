@@ -1,1 +1,117 @@
+//! Async Rust client for Tessera, a replicated ticket store used as the ticket
+//! registry of SSO servers such as Apereo CAS.
+//!
+//! It wraps the `tessera.v1.TicketStore` gRPC API with plain Rust types
+//! ([`Ticket`], [`NewTicket`], [`Error`]), a timeout on every call, and failover
+//! across the nodes of a cluster.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tessera_client::{Client, NewTicket};
+//!
+//! # async fn run() -> Result<(), tessera_client::Error> {
+//! let client = Client::connect(["10.0.0.1:7070", "10.0.0.2:7070"]).await?;
+//!
+//! // A login session and a service ticket granted by it, usable once.
+//! client
+//!     .put(NewTicket::new("TGT-1-abc", Duration::from_secs(8 * 3600))
+//!         .principal("casuser")
+//!         .idle(Duration::from_secs(2 * 3600))
+//!         .payload(b"serialized TGT".to_vec()))
+//!     .await?;
+//! client
+//!     .put(NewTicket::new("ST-1-def", Duration::from_secs(10))
+//!         .parent("TGT-1-abc")
+//!         .max_uses(1))
+//!     .await?;
+//!
+//! // Service validation: the first consume succeeds, any later one is NotFound.
+//! let st = client.consume("ST-1-def").await?;
+//! assert_eq!(st.uses, 1);
+//! match client.consume("ST-1-def").await {
+//!     Err(e) if e.is_not_found() => {}
+//!     other => panic!("ticket validated twice: {other:?}"),
+//! }
+//!
+//! // Logout: the TGT and every ticket it granted.
+//! client.delete("TGT-1-abc").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connections
+//!
+//! [`Client::connect`] takes one or more node addresses (`host:port` or
+//! `http://host:port`), checks their syntax, and opens one HTTP/2 connection per
+//! node lazily, on first use. A node that is down at start-up is therefore not an
+//! error; calls report it instead. [`Client`] is cheap to clone and
+//! `Send + Sync`: create one and share it. TLS is not supported (the server
+//! speaks plaintext HTTP/2), so `https://` addresses are refused rather than
+//! silently used in plaintext.
+//!
+//! # Timeouts
+//!
+//! Every attempt of a call is bounded by [`ClientConfig::call_timeout`] (5 s by
+//! default; [`Client::with_timeout`] gives a handle with another one). The
+//! deadline is sent to the server as `grpc-timeout`, so it stops working on calls
+//! the client has given up on, and is also enforced locally, so a node that
+//! accepted the connection and then hung can not hang the caller. Connecting is
+//! bounded by [`ClientConfig::connect_timeout`] (2 s). A call that fails over may
+//! take up to one call timeout per address tried.
+//!
+//! # Failover
+//!
+//! Calls go first to the node that answered last (initially the first address).
+//! When a node can not be reached, the call moves on to the next address, in
+//! order, trying each at most once, and the node that answers becomes the
+//! preferred one. Which failures move on depends on whether the call is
+//! idempotent, that is, whether doing it twice is the same as doing it once:
+//!
+//! - **Idempotent calls** (`get`, `count`, `sessions_for`, `members`, `list`
+//!   until its first ticket arrived, `delete`, `delete_all`, `delete_for`, `put`
+//!   without `create_only`, `update` without `if_version`) move on after any
+//!   sign that the node did not answer: `UNAVAILABLE`, a timeout, or a broken
+//!   connection.
+//! - **Non-idempotent calls** (`consume`, `touch`, `put` with `create_only`,
+//!   `update` with `if_version`) move on only when the first node provably did
+//!   not act on the request: the connection could not be established (refused,
+//!   unroutable, connect timeout), or the node answered `UNAVAILABLE` with a
+//!   message starting with `draining` (a draining node refuses every call before
+//!   touching any ticket).
+//!
+//! Why the difference: after a timeout or a connection lost mid-call, the
+//! request may have been applied even though no answer arrived. Repeating a
+//! `consume` on another node would then count the use twice: a service ticket
+//! with `max_uses = 1` would be used up by a validation the caller never saw
+//! succeed, and the user's login would fail. Such calls return
+//! [`Error::Timeout`] / [`Error::Unavailable`] instead, and the caller (who knows
+//! what the call was for) decides. Answers such as `NOT_FOUND` or
+//! `ALREADY_EXISTS` are answers, not failures, and never fail over.
+//!
+//! # Errors and logging
+//!
+//! [`Error`] has a variant per outcome a registry must handle (`NotFound`,
+//! `AlreadyExists`, `VersionMismatch`, ...), each keeping the server's message.
+//! Ticket ids and payloads are bearer credentials, so the `Debug` output of
+//! [`Ticket`] and [`NewTicket`] shows only a short id prefix and the payload's
+//! length.
+#![warn(missing_docs)]
 
+mod addr;
+mod client;
+mod convert;
+mod error;
+mod failover;
+mod stream;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{Client, ClientConfig};
+pub use error::Error;
+pub use stream::TicketStream;
+pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
+
+/// The generated protobuf types, for callers that need the raw API.
+pub use tessera_proto as proto;

@@ -41,14 +41,14 @@ fn child(id: &str, parent: &str, ttl_ms: Millis) -> PutTicket {
     }
 }
 
-/// Let `n` seconds pass on the paused clock. A sleep (rather than `advance`)
-/// lets every timer due on the way, the sweeper's included, fire in order.
 /// Whether the store holds a record for `id`, and whether it is a tombstone.
 fn stored_state(store: &Store, id: &str) -> Option<bool> {
     let shard = store.lock(store.shard_index(id));
     shard.entries.get(id).map(Entry::is_deleted)
 }
 
+/// Let `n` seconds pass on the paused clock. A sleep (rather than `advance`)
+/// lets every timer due on the way, the sweeper's included, fire in order.
 async fn secs(n: u64) {
     tokio::time::sleep(Duration::from_secs(n)).await;
 }

@@ -1,0 +1,473 @@
+//! The client: one lazy channel per node, per-call timeouts and failover.
+
+use std::error::Error as _;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::ticket_store_client::TicketStoreClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::addr::parse_address;
+use crate::failover::{Failure, Idempotency, fails_over};
+use crate::stream::TicketStream;
+use crate::types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
+use crate::{Error, convert};
+
+/// Largest message sent or accepted, well above any sane server payload limit, so
+/// that the server's own "payload too large" message reaches the caller instead
+/// of a generic client-side size error.
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+/// HTTP/2 pings on idle connections, so a dead node is noticed before a call
+/// waits on it.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeouts for a [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Longest wait for one attempt of a call on one node (default 5 s). A call
+    /// that fails over may take up to this long per address tried. For
+    /// [`Client::list`] it bounds each wait for the next ticket.
+    pub call_timeout: Duration,
+    /// Longest wait for a TCP connection to a node (default 2 s), so an
+    /// unroutable node is given up on quickly and the next one tried.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A handle to a Tessera cluster.
+///
+/// Cheap to clone (clones share the connections and the preferred node) and
+/// `Send + Sync`: create one at start-up and share it.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    call_timeout: Duration,
+}
+
+struct Shared {
+    nodes: Vec<Node>,
+    /// Index of the node tried first: the last one that answered.
+    preferred: AtomicUsize,
+}
+
+struct Node {
+    /// Normalized address, for messages.
+    addr: String,
+    grpc: TicketStoreClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a cluster through the given nodes with the default
+    /// [`ClientConfig`]. See [`Client::connect_with`].
+    pub async fn connect<I, S>(addrs: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_with(addrs, ClientConfig::default()).await
+    }
+
+    /// Connects to a cluster through the given nodes.
+    ///
+    /// Each address is `host:port` or `http://host:port`. Addresses are validated
+    /// now ([`Error::InvalidAddress`] for a bad one or an empty list), but
+    /// connections are opened lazily on first use, so this succeeds even when
+    /// every node is down: each call then reports [`Error::Unavailable`]. Calls go
+    /// to the first address until it fails (see the crate docs for failover).
+    ///
+    /// Must be called within a Tokio runtime, which runs the connections.
+    pub async fn connect_with<I, S>(addrs: I, config: ClientConfig) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let addresses = addrs
+            .into_iter()
+            .map(|a| parse_address(a.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if addresses.is_empty() {
+            return Err(Error::InvalidAddress("no address given".to_owned()));
+        }
+        if let Err(e) = tokio::runtime::Handle::try_current() {
+            return Err(Error::Other(Status::failed_precondition(format!(
+                "tessera-client must be used within a Tokio runtime: {e}"
+            ))));
+        }
+        let nodes = addresses
+            .into_iter()
+            .map(|address| {
+                let endpoint = address
+                    .endpoint
+                    .user_agent(concat!("tessera-client/", env!("CARGO_PKG_VERSION")))
+                    .map_err(|e| Error::InvalidAddress(format!("{}: {e}", address.text)))?
+                    .connect_timeout(config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true);
+                let grpc = TicketStoreClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+                Ok(Node {
+                    addr: address.text,
+                    grpc,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                nodes,
+                preferred: AtomicUsize::new(0),
+            }),
+            call_timeout: config.call_timeout,
+        })
+    }
+
+    /// The same client (same connections, same preferred node) with another
+    /// per-call timeout, e.g. a short one on a login path or a long one for admin
+    /// work.
+    pub fn with_timeout(&self, call_timeout: Duration) -> Client {
+        Client {
+            shared: Arc::clone(&self.shared),
+            call_timeout,
+        }
+    }
+
+    /// The per-call timeout in force.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The normalized node addresses, in the order given.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.shared.nodes.iter().map(|n| n.addr.as_str()).collect()
+    }
+
+    /// Creates a ticket, or replaces a live one with the same id as a new
+    /// incarnation (unless [`NewTicket::create_only`]). Returns the stored ticket,
+    /// with its deadline (capped at the parent's) and version.
+    ///
+    /// Fails with [`Error::FailedPrecondition`] if the parent is not live and
+    /// [`Error::AlreadyExists`] for a create-only put of a live id. A plain put
+    /// is idempotent and fails over freely; a create-only one only when the first
+    /// node provably never received it.
+    pub async fn put(&self, ticket: NewTicket) -> Result<Ticket, Error> {
+        let idempotency = if ticket.create_only {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        let msg = convert::put_request(ticket);
+        self.unary(
+            idempotency,
+            |mut c, req| async move { c.put(req).await },
+            msg,
+        )
+        .await
+        .map(Ticket::from)
+    }
+
+    /// Reads a live ticket without recording a use or extending anything.
+    pub async fn get(&self, id: &str) -> Result<Ticket, Error> {
+        let msg = pb::GetRequest { id: id.to_owned() };
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.get(req).await },
+            msg,
+        )
+        .await
+        .map(Ticket::from)
+    }
+
+    /// Records one use (`last_used` = now, `uses` + 1), which restarts the idle
+    /// timeout, and returns the ticket after it.
+    ///
+    /// Not idempotent: retried on another node only if the first provably never
+    /// received it.
+    pub async fn touch(&self, id: &str) -> Result<Ticket, Error> {
+        let msg = pb::TouchRequest { id: id.to_owned() };
+        self.unary(
+            Idempotency::NotIdempotent,
+            |mut c, req| async move { c.touch(req).await },
+            msg,
+        )
+        .await
+        .map(Ticket::from)
+    }
+
+    /// Checks and records one use atomically: of concurrent consumes of a ticket
+    /// with `max_uses = N`, at most N succeed; the others get
+    /// [`Error::NotFound`]. Meant for service and proxy ticket validation.
+    ///
+    /// Not idempotent: retried on another node only if the first provably never
+    /// received it. After [`Error::Timeout`] the use may or may not have been
+    /// recorded.
+    pub async fn consume(&self, id: &str) -> Result<Ticket, Error> {
+        let msg = pb::ConsumeRequest { id: id.to_owned() };
+        self.unary(
+            Idempotency::NotIdempotent,
+            |mut c, req| async move { c.consume(req).await },
+            msg,
+        )
+        .await
+        .map(Ticket::from)
+    }
+
+    /// Replaces the payload and/or idle timeout of a live ticket; with
+    /// [`TicketUpdate::if_version`] only if the version still matches
+    /// ([`Error::VersionMismatch`] otherwise).
+    ///
+    /// Without `if_version` the update is idempotent and fails over freely; with
+    /// it, only when the first node provably never received it.
+    pub async fn update(&self, id: &str, update: TicketUpdate) -> Result<Ticket, Error> {
+        let idempotency = if update.if_version.is_some() {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
+        };
+        let msg = convert::update_request(id, update);
+        self.unary(
+            idempotency,
+            |mut c, req| async move { c.update(req).await },
+            msg,
+        )
+        .await
+        .map(Ticket::from)
+    }
+
+    /// Deletes a ticket and all its descendants; returns how many live tickets
+    /// were removed (0 if it did not exist, which is not an error).
+    pub async fn delete(&self, id: &str) -> Result<u64, Error> {
+        let msg = pb::DeleteRequest { id: id.to_owned() };
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.delete(req).await },
+            msg,
+        )
+        .await
+        .map(|r| r.deleted)
+    }
+
+    /// Deletes every ticket that exists when the call starts; returns the number removed.
+    pub async fn delete_all(&self) -> Result<u64, Error> {
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.delete_all(req).await },
+            pb::DeleteAllRequest {},
+        )
+        .await
+        .map(|r| r.deleted)
+    }
+
+    /// Deletes every ticket of a principal with their descendants (logout
+    /// everywhere); returns the number removed.
+    pub async fn delete_for(&self, principal: &str) -> Result<u64, Error> {
+        let msg = pb::DeleteForRequest {
+            principal: principal.to_owned(),
+        };
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.delete_for(req).await },
+            msg,
+        )
+        .await
+        .map(|r| r.deleted)
+    }
+
+    /// Number of live tickets, total and per kind (from counters, cheap).
+    pub async fn count(&self) -> Result<Counts, Error> {
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.count(req).await },
+            pb::CountRequest {},
+        )
+        .await
+        .map(Counts::from)
+    }
+
+    /// Live ticket-granting tickets (kind TGT) of a principal, matched
+    /// case-insensitively: the user's SSO sessions.
+    pub async fn sessions_for(&self, principal: &str) -> Result<Vec<Ticket>, Error> {
+        let msg = pb::SessionsForRequest {
+            principal: principal.to_owned(),
+        };
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.sessions_for(req).await },
+            msg,
+        )
+        .await
+        .map(|r| r.tickets.into_iter().map(Ticket::from).collect())
+    }
+
+    /// Streams live tickets matching the filter.
+    ///
+    /// The call fails over to another node only until the first ticket (or the
+    /// end of an empty listing) has arrived; after that an error ends the stream.
+    /// No `grpc-timeout` is sent, since a listing may outlast the call timeout;
+    /// instead the timeout bounds every wait for the next ticket.
+    pub async fn list(&self, filter: ListFilter) -> Result<TicketStream, Error> {
+        let msg = convert::list_request(filter);
+        let (stream, first) = self
+            .attempts(Idempotency::Idempotent, |mut c| {
+                let req = Request::new(msg.clone());
+                async move {
+                    let mut stream = c.list(req).await?.into_inner();
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
+            })
+            .await?;
+        Ok(TicketStream::new(stream, first, self.call_timeout))
+    }
+
+    /// The cluster's nodes as the answering node sees them.
+    pub async fn members(&self) -> Result<Vec<Member>, Error> {
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.members(req).await },
+            pb::MembersRequest {},
+        )
+        .await
+        .map(|r| r.members.into_iter().map(Member::from).collect())
+    }
+
+    /// A unary call: a fresh request with the `grpc-timeout` header per attempt.
+    async fn unary<M, R, F, Fut>(
+        &self,
+        idempotency: Idempotency,
+        call: F,
+        msg: M,
+    ) -> Result<R, Error>
+    where
+        M: Clone,
+        F: Fn(TicketStoreClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.attempts(idempotency, |c| {
+            let mut req = Request::new(msg.clone());
+            // The server stops working on it once the caller has given up.
+            req.set_timeout(self.call_timeout);
+            let fut = call(c, req);
+            async move { fut.await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the nodes, starting with the preferred one, trying
+    /// each at most once, until one succeeds or a failure may not fail over.
+    async fn attempts<R, F, Fut>(
+        &self,
+        idempotency: Idempotency,
+        mut attempt: F,
+    ) -> Result<R, Error>
+    where
+        F: FnMut(TicketStoreClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let nodes = &self.shared.nodes;
+        let count = nodes.len();
+        let start = self.shared.preferred.load(Ordering::Relaxed);
+        let mut failed: Vec<Error> = Vec::new();
+        for step in 0..count {
+            let index = (start + step) % count;
+            let Some(node) = nodes.get(index) else {
+                continue;
+            };
+            let failure =
+                match tokio::time::timeout(self.call_timeout, attempt(node.grpc.clone())).await {
+                    Ok(Ok(reply)) => {
+                        self.prefer(index);
+                        return Ok(reply);
+                    }
+                    Ok(Err(status)) => Failure::Status(status),
+                    Err(_) => Failure::Elapsed(self.call_timeout),
+                };
+            if !fails_over(&failure, idempotency) {
+                // The node answered (or may have): it is reachable, keep using it.
+                if !fails_over(&failure, Idempotency::Idempotent) {
+                    self.prefer(index);
+                }
+                return Err(attempt_error(&node.addr, failure));
+            }
+            failed.push(attempt_error(&node.addr, failure));
+        }
+        Err(exhausted(failed))
+    }
+
+    fn prefer(&self, index: usize) {
+        self.shared.preferred.store(index, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn preferred(&self) -> usize {
+        self.shared.preferred.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addresses", &self.addresses())
+            .field("call_timeout", &self.call_timeout)
+            .finish()
+    }
+}
+
+/// The error of one failed attempt; failures on the way to a node name its address.
+fn attempt_error(addr: &str, failure: Failure) -> Error {
+    match failure {
+        Failure::Elapsed(after) => Error::Timeout(format!("{addr}: no answer within {after:?}")),
+        Failure::Status(status) => match Error::from(status) {
+            Error::Unavailable(m) => Error::Unavailable(format!("{addr}: {m}")),
+            Error::Timeout(m) => Error::Timeout(format!("{addr}: {m}")),
+            Error::Other(s) if s.source().is_some() => {
+                // A broken connection rather than an answer: say where.
+                let message = format!("{addr}: {}", crate::error::describe(&s));
+                Error::Other(Status::new(s.code(), message))
+            }
+            other => other,
+        },
+    }
+}
+
+/// The error once every node has been tried: the only one if there was one node,
+/// otherwise all of them in one message.
+fn exhausted(mut failed: Vec<Error>) -> Error {
+    if failed.len() == 1
+        && let Some(only) = failed.pop()
+    {
+        return only;
+    }
+    if failed.is_empty() {
+        return Error::Unavailable("no node to try".to_owned());
+    }
+    let all_timeouts = failed.iter().all(|e| matches!(e, Error::Timeout(_)));
+    let details = failed
+        .iter()
+        .map(|e| match e {
+            Error::Unavailable(m) | Error::Timeout(m) => m.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if all_timeouts {
+        Error::Timeout(format!("no node answered in time: {details}"))
+    } else {
+        Error::Unavailable(format!("no node reachable: {details}"))
+    }
+}

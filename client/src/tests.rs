@@ -1,0 +1,515 @@
+//! End-to-end tests of the client against tiny in-process gRPC servers: failover,
+//! timeouts, streaming, message sizes.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::ticket_store_server::{TicketStore, TicketStoreServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Request, Response, Status};
+
+use crate::{Client, ClientConfig, Error, ListFilter, NewTicket};
+
+/// How a fake node answers every implemented call.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Answer normally.
+    Serve,
+    /// Answer with this status.
+    Fail(Code, &'static str),
+    /// Accept the call and never answer.
+    Hang,
+    /// Answer `get` with a payload bigger than tonic's 4 MiB default limit.
+    Big,
+    /// `list`: send one ticket, then nothing.
+    StallAfterFirst,
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: AtomicUsize,
+    grpc_timeouts: Mutex<Vec<Option<String>>>,
+}
+
+impl Stats {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct Fake {
+    name: &'static str,
+    mode: Mode,
+    stats: Arc<Stats>,
+}
+
+const BIG: usize = 5 * 1024 * 1024;
+
+impl Fake {
+    fn ticket(&self, id: &str) -> pb::Ticket {
+        pb::Ticket {
+            id: id.to_owned(),
+            kind: id.split('-').next().unwrap_or_default().to_owned(),
+            payload: Bytes::from_static(b"payload"),
+            created_at_ms: 1_700_000_000_000,
+            deadline_ms: 1_700_000_010_000,
+            last_used_ms: 1_700_000_000_000,
+            uses: 1,
+            max_uses: 1,
+            // Tells the test which node answered.
+            version: self.name.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn record<T>(&self, req: &Request<T>) {
+        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let timeout = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.stats
+            .grpc_timeouts
+            .lock()
+            .expect("stats lock")
+            .push(timeout);
+    }
+
+    async fn answer<T>(&self, req: &Request<T>, id: &str) -> Result<Response<pb::Ticket>, Status> {
+        self.record(req);
+        match self.mode {
+            Mode::Serve | Mode::StallAfterFirst => Ok(Response::new(self.ticket(id))),
+            Mode::Fail(code, message) => Err(Status::new(code, message)),
+            Mode::Hang => std::future::pending().await,
+            Mode::Big => Ok(Response::new(pb::Ticket {
+                payload: Bytes::from(vec![7u8; BIG]),
+                ..self.ticket(id)
+            })),
+        }
+    }
+}
+
+type TicketStreamBox = Pin<Box<dyn Stream<Item = Result<pb::Ticket, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TicketStore for Fake {
+    async fn put(&self, r: Request<pb::PutRequest>) -> Result<Response<pb::Ticket>, Status> {
+        let id = r.get_ref().id.clone();
+        self.answer(&r, &id).await
+    }
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::Ticket>, Status> {
+        let id = r.get_ref().id.clone();
+        self.answer(&r, &id).await
+    }
+    async fn touch(&self, r: Request<pb::TouchRequest>) -> Result<Response<pb::Ticket>, Status> {
+        let id = r.get_ref().id.clone();
+        self.answer(&r, &id).await
+    }
+    async fn consume(
+        &self,
+        r: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::Ticket>, Status> {
+        let id = r.get_ref().id.clone();
+        self.answer(&r, &id).await
+    }
+    async fn update(&self, r: Request<pb::UpdateRequest>) -> Result<Response<pb::Ticket>, Status> {
+        let id = r.get_ref().id.clone();
+        self.answer(&r, &id).await
+    }
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+    async fn delete_all(
+        &self,
+        _: Request<pb::DeleteAllRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete_all"))
+    }
+    async fn delete_for(
+        &self,
+        _: Request<pb::DeleteForRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("delete_for"))
+    }
+    async fn count(
+        &self,
+        _: Request<pb::CountRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        Err(Status::unimplemented("count"))
+    }
+    async fn sessions_for(
+        &self,
+        _: Request<pb::SessionsForRequest>,
+    ) -> Result<Response<pb::SessionsForResponse>, Status> {
+        Err(Status::unimplemented("sessions_for"))
+    }
+
+    type ListStream = TicketStreamBox;
+
+    async fn list(
+        &self,
+        r: Request<pb::ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        self.record(&r);
+        let tickets: Vec<Result<pb::Ticket, Status>> = ["ST-1", "ST-2", "ST-3"]
+            .map(|id| Ok(self.ticket(id)))
+            .into();
+        let stream: TicketStreamBox = match self.mode {
+            // Fail as the first message of the stream, after the response headers.
+            Mode::Fail(code, message) => {
+                Box::pin(tokio_stream::iter([Err(Status::new(code, message))]))
+            }
+            Mode::Hang => Box::pin(tokio_stream::pending()),
+            Mode::StallAfterFirst => Box::pin(
+                tokio_stream::iter(tickets.into_iter().take(1)).chain(tokio_stream::pending()),
+            ),
+            Mode::Serve | Mode::Big => Box::pin(tokio_stream::iter(tickets)),
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn members(
+        &self,
+        _: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Err(Status::unimplemented("members"))
+    }
+}
+
+/// Starts a fake node on 127.0.0.1; returns its address and call statistics.
+async fn spawn(name: &'static str, mode: Mode) -> (String, Arc<Stats>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stats = Arc::new(Stats::default());
+    let fake = Fake {
+        name,
+        mode,
+        stats: Arc::clone(&stats),
+    };
+    let service = TicketStoreServer::new(fake).max_encoding_message_size(64 * 1024 * 1024);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (format!("http://{addr}"), stats)
+}
+
+/// An address on which nothing listens: connections are refused.
+fn refused() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr.to_string()
+}
+
+async fn client(addrs: &[&str], call_timeout: Duration) -> Client {
+    let config = ClientConfig {
+        call_timeout,
+        ..ClientConfig::default()
+    };
+    Client::connect_with(addrs, config)
+        .await
+        .expect("connect is lazy and the addresses are valid")
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn client_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Client>();
+    fn check_stream<T: Send + Sync + Unpin + 'static>() {}
+    check_stream::<crate::TicketStream>();
+    fn check_error<T: std::error::Error + Send + Sync + 'static>() {}
+    check_error::<Error>();
+}
+
+#[tokio::test]
+async fn connect_validates_addresses_but_not_reachability() {
+    let none: [&str; 0] = [];
+    assert!(matches!(
+        Client::connect(none).await,
+        Err(Error::InvalidAddress(_))
+    ));
+    assert!(matches!(
+        Client::connect(["127.0.0.1:7070", "not an address"]).await,
+        Err(Error::InvalidAddress(_))
+    ));
+    let client = Client::connect([refused(), refused()])
+        .await
+        .expect("down nodes are not a connect error");
+    assert_eq!(client.addresses().len(), 2);
+    assert!(client.addresses()[0].starts_with("http://127.0.0.1:"));
+}
+
+#[tokio::test]
+async fn get_fails_over_from_a_refused_address_and_remembers_the_live_one() {
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let dead = refused();
+    let client = client(&[&dead, &live], SECOND).await;
+
+    let ticket = client
+        .get("ST-1-abc")
+        .await
+        .expect("served by the second node");
+    assert_eq!(ticket.id, "ST-1-abc");
+    assert_eq!(ticket.kind, "ST");
+    assert_eq!(ticket.version, "live");
+    assert_eq!(client.preferred(), 1);
+
+    // Clones (and re-timed handles) share the preference: straight to the live node.
+    client
+        .with_timeout(2 * SECOND)
+        .clone()
+        .get("ST-1-abc")
+        .await
+        .expect("served");
+    assert_eq!(stats.calls(), 2);
+}
+
+#[tokio::test]
+async fn each_attempt_sends_its_deadline_as_grpc_timeout() {
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let client = client(&[&live], Duration::from_millis(1500)).await;
+    client.get("TGT-1").await.expect("served");
+    let seen = stats.grpc_timeouts.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let header = seen[0].clone().expect("grpc-timeout header sent");
+    assert!(header.ends_with('m') || header.ends_with('u'), "{header}");
+}
+
+#[tokio::test]
+async fn consume_fails_over_when_the_connection_is_refused() {
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let dead = refused();
+    let client = client(&[&dead, &live], SECOND).await;
+    let ticket = client
+        .consume("ST-1")
+        .await
+        .expect("never reached the first node");
+    assert_eq!(ticket.version, "live");
+    assert_eq!(stats.calls(), 1);
+}
+
+#[tokio::test]
+async fn consume_fails_over_from_a_draining_node() {
+    let (draining, drained) = spawn(
+        "draining",
+        Mode::Fail(Code::Unavailable, "draining: node is shutting down"),
+    )
+    .await;
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let client = client(&[&draining, &live], SECOND).await;
+    let ticket = client
+        .consume("ST-1")
+        .await
+        .expect("draining node refused it");
+    assert_eq!(ticket.version, "live");
+    assert_eq!((drained.calls(), stats.calls()), (1, 1));
+}
+
+#[tokio::test]
+async fn consume_is_not_repeated_after_an_ambiguous_unavailable() {
+    let (busy, _) = spawn("busy", Mode::Fail(Code::Unavailable, "not ready")).await;
+    let (live, stats) = spawn("live", Mode::Serve).await;
+
+    let client_a = client(&[&busy, &live], SECOND).await;
+    match client_a.consume("ST-1").await {
+        Err(Error::Unavailable(m)) => {
+            assert!(m.contains("not ready"), "{m}");
+            assert!(m.contains(&busy), "names the node: {m}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(stats.calls(), 0, "a consume must not be sent twice");
+
+    // The same failure is fine to fail over for a read.
+    let client_b = client(&[&busy, &live], SECOND).await;
+    let ticket = client_b.get("ST-1").await.expect("read fails over");
+    assert_eq!(ticket.version, "live");
+    assert_eq!(stats.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_node_times_out_reads_fail_over_consumes_do_not() {
+    let (hung, _) = spawn("hung", Mode::Hang).await;
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let timeout = Duration::from_millis(300);
+
+    let reader = client(&[&hung, &live], timeout).await;
+    let ticket = reader.get("TGT-1").await.expect("read fails over");
+    assert_eq!(ticket.version, "live");
+    assert_eq!(stats.calls(), 1);
+
+    let consumer = client(&[&hung, &live], timeout).await;
+    let started = tokio::time::Instant::now();
+    match consumer.consume("ST-1").await {
+        Err(e @ Error::Timeout(_)) => {
+            assert_eq!(e.code(), Some(Code::DeadlineExceeded));
+            assert!(e.to_string().contains(&hung), "{e}");
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < 5 * timeout,
+        "bounded by the call timeout"
+    );
+    assert_eq!(
+        stats.calls(),
+        1,
+        "the consume was not repeated on the live node"
+    );
+}
+
+#[tokio::test]
+async fn create_only_put_and_cas_update_do_not_fail_over_on_unavailable() {
+    let (busy, _) = spawn("busy", Mode::Fail(Code::Unavailable, "overloaded")).await;
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let new = || NewTicket::new("TGT-1", Duration::from_secs(60));
+
+    let c = client(&[&busy, &live], SECOND).await;
+    assert!(matches!(
+        c.put(new().create_only(true)).await,
+        Err(Error::Unavailable(_))
+    ));
+    let cas = crate::TicketUpdate {
+        if_version: Some("v1".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        c.update("TGT-1", cas).await,
+        Err(Error::Unavailable(_))
+    ));
+    assert!(matches!(c.touch("TGT-1").await, Err(Error::Unavailable(_))));
+    assert_eq!(stats.calls(), 0);
+
+    // Plain put and update are idempotent and fail over.
+    c.put(new()).await.expect("plain put fails over");
+    let c = client(&[&busy, &live], SECOND).await;
+    c.update("TGT-1", crate::TicketUpdate::default())
+        .await
+        .expect("plain update fails over");
+    assert_eq!(stats.calls(), 2);
+}
+
+#[tokio::test]
+async fn answers_are_not_failures() {
+    let (first, _) = spawn("first", Mode::Fail(Code::NotFound, "ticket not found")).await;
+    let (second, stats) = spawn("second", Mode::Serve).await;
+    let client = client(&[&first, &second], SECOND).await;
+    match client.get("ST-1").await {
+        Err(Error::NotFound(m)) => assert_eq!(m, "ticket not found"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(stats.calls(), 0);
+    assert_eq!(client.preferred(), 0);
+}
+
+#[tokio::test]
+async fn server_messages_reach_the_caller() {
+    let (node, _) = spawn(
+        "node",
+        Mode::Fail(
+            Code::InvalidArgument,
+            "payload is 2 MiB, the limit is 1 MiB",
+        ),
+    )
+    .await;
+    let client = client(&[&node], SECOND).await;
+    match client.put(NewTicket::new("TGT-1", SECOND)).await {
+        Err(Error::InvalidArgument(m)) => assert_eq!(m, "payload is 2 MiB, the limit is 1 MiB"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn no_reachable_node_is_unavailable_naming_every_address() {
+    let (a, b) = (refused(), refused());
+    let client = client(&[&a, &b], SECOND).await;
+    match client.get("TGT-1").await {
+        Err(Error::Unavailable(m)) => {
+            assert!(m.contains(&a) && m.contains(&b), "{m}");
+            assert!(m.to_lowercase().contains("refused"), "{m}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // The same for a consume: a refused connection never reached anyone.
+    assert!(matches!(
+        client.consume("ST-1").await,
+        Err(Error::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn list_fails_over_before_the_first_ticket() {
+    let (failing, _) = spawn("failing", Mode::Fail(Code::Unavailable, "not ready")).await;
+    let (live, _) = spawn("live", Mode::Serve).await;
+    let client = client(&[&failing, &live], SECOND).await;
+    let tickets = client
+        .list(ListFilter::default())
+        .await
+        .expect("list fails over")
+        .collect_all()
+        .await
+        .expect("whole listing");
+    let ids: Vec<_> = tickets.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["ST-1", "ST-2", "ST-3"]);
+    assert!(tickets.iter().all(|t| t.version == "live"));
+}
+
+#[tokio::test]
+async fn list_works_as_a_stream() {
+    let (live, _) = spawn("live", Mode::Serve).await;
+    let client = client(&[&live], SECOND).await;
+    let mut stream = client.list(ListFilter::default()).await.expect("list");
+    let mut n = 0;
+    while let Some(ticket) = stream.next().await {
+        ticket.expect("ticket");
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert!(stream.next().await.is_none(), "stays ended");
+}
+
+#[tokio::test]
+async fn a_stalled_listing_ends_with_a_timeout() {
+    let (stalling, _) = spawn("stalling", Mode::StallAfterFirst).await;
+    let client = client(&[&stalling], Duration::from_millis(300)).await;
+    let mut stream = client.list(ListFilter::default()).await.expect("list");
+    let first = stream.message().await.expect("first ticket");
+    assert_eq!(first.map(|t| t.id), Some("ST-1".to_owned()));
+    assert!(matches!(stream.message().await, Err(Error::Timeout(_))));
+    assert!(
+        matches!(stream.message().await, Ok(None)),
+        "ended after the error"
+    );
+}
+
+#[tokio::test]
+async fn a_list_that_never_starts_times_out() {
+    let (hung, _) = spawn("hung", Mode::Hang).await;
+    let client = client(&[&hung], Duration::from_millis(300)).await;
+    assert!(matches!(
+        client.list(ListFilter::default()).await,
+        Err(Error::Timeout(_))
+    ));
+}
+
+#[tokio::test]
+async fn payloads_above_tonics_default_limit_are_received() {
+    let (node, _) = spawn("big", Mode::Big).await;
+    let client = client(&[&node], 5 * SECOND).await;
+    let ticket = client.get("TGT-1").await.expect("5 MiB payload accepted");
+    assert_eq!(ticket.payload.len(), BIG);
+}

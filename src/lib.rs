@@ -7,10 +7,13 @@
 //! - [`api`]: the gRPC service; [`server`]: one node, wired together;
 //! - [`clock`], [`ticket`], [`error`], [`redact`], [`config`], [`cli`]: support.
 
+pub mod api;
 pub mod clock;
+pub mod config;
 pub mod entry;
 pub mod error;
 pub mod redact;
+pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod ticket;

@@ -5,9 +5,11 @@
 //! - [`store`]: the sharded local store and its derived indexes;
 //! - [`sweeper`]: the expiry worker; [`worker`]: how background jobs run;
 //! - [`api`]: the gRPC service; [`server`]: one node, wired together;
-//! - [`clock`], [`ticket`], [`error`], [`redact`], [`config`], [`cli`]: support.
+//! - [`cli`]: the command line; [`config`]: node settings;
+//! - [`clock`], [`ticket`], [`error`], [`redact`]: time, validation, errors, log redaction.
 
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod entry;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tessera` binary: flags are parsed and handed to the library.
+
+fn main() -> std::process::ExitCode {
+    tessera::cli::main()
+}

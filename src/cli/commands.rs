@@ -1,0 +1,214 @@
+//! Client subcommands: one call each through `tessera-client`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use tessera_client::{Client, ClientConfig, Error, ListFilter, NewTicket, Ticket, TicketUpdate};
+
+use super::output::{
+    counts_json, counts_text, member_json, member_line, ticket_json, ticket_line, ticket_text,
+};
+use super::{Command, Exit, GlobalArgs, ListArgs, PayloadArgs, PutArgs, UpdateArgs};
+use crate::config::MAX_PAYLOAD_LIMIT;
+
+/// Run one client subcommand and report how it ended.
+pub async fn run(global: &GlobalArgs, command: Command) -> Exit {
+    match call(global, command).await {
+        Ok(exit) => exit,
+        Err(failure) => {
+            eprintln!("tessera: {}", failure.message);
+            failure.exit
+        }
+    }
+}
+
+/// A failed subcommand: what to say and which exit code.
+struct Failure {
+    exit: Exit,
+    message: String,
+}
+
+impl Failure {
+    fn invalid(message: impl Into<String>) -> Failure {
+        Failure {
+            exit: Exit::InvalidInput,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        let exit = match &error {
+            Error::NotFound(_)
+            | Error::VersionMismatch(_)
+            | Error::AlreadyExists(_)
+            | Error::FailedPrecondition(_) => Exit::NotThere,
+            Error::InvalidArgument(_) | Error::InvalidAddress(_) => Exit::InvalidInput,
+            _ => Exit::Failed,
+        };
+        Failure {
+            exit,
+            message: error.to_string(),
+        }
+    }
+}
+
+async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
+    let config = ClientConfig {
+        call_timeout: global.timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&global.addr, config).await?;
+    let json = global.json;
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Put(args) => print_ticket(&client.put(new_ticket(args)?).await?, json),
+        Command::Get { id } => print_ticket(&client.get(&id).await?, json),
+        Command::Touch { id } => print_ticket(&client.touch(&id).await?, json),
+        Command::Consume { id } => print_ticket(&client.consume(&id).await?, json),
+        Command::Update(args) => {
+            let id = args.id.clone();
+            print_ticket(&client.update(&id, ticket_update(args)?).await?, json)
+        }
+        Command::Delete { id } => {
+            let deleted = client.delete(&id).await?;
+            print_deleted(deleted, json);
+            // Nothing deleted means the ticket was not there.
+            return Ok(if deleted == 0 { Exit::NotThere } else { Exit::Ok });
+        }
+        Command::DeleteAll => print_deleted(client.delete_all().await?, json),
+        Command::DeleteFor { principal } => {
+            print_deleted(client.delete_for(&principal).await?, json)
+        }
+        Command::List(args) => list(&client, args, json).await?,
+        Command::Count => {
+            let counts = client.count().await?;
+            if json {
+                println!("{}", counts_json(&counts));
+            } else {
+                println!("{}", counts_text(&counts));
+            }
+        }
+        Command::Sessions { principal } => {
+            for ticket in client.sessions_for(&principal).await? {
+                print_ticket_line(&ticket, json);
+            }
+        }
+        Command::Members => {
+            for member in client.members().await? {
+                if json {
+                    println!("{}", member_json(&member));
+                } else {
+                    println!("{}", member_line(&member));
+                }
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn new_ticket(args: PutArgs) -> Result<NewTicket, Failure> {
+    let mut ticket = NewTicket::new(args.id, args.ttl)
+        .max_uses(args.max_uses)
+        .create_only(args.create_only)
+        .payload(payload(&args.payload)?.unwrap_or_default());
+    if let Some(kind) = args.kind {
+        ticket = ticket.kind(kind);
+    }
+    if let Some(idle) = args.idle {
+        ticket = ticket.idle(idle);
+    }
+    if let Some(principal) = args.principal {
+        ticket = ticket.principal(principal);
+    }
+    if let Some(parent) = args.parent {
+        ticket = ticket.parent(parent);
+    }
+    Ok(ticket)
+}
+
+fn ticket_update(args: UpdateArgs) -> Result<TicketUpdate, Failure> {
+    let update = TicketUpdate {
+        payload: payload(&args.payload)?,
+        idle: args.idle,
+        if_version: args.if_version,
+    };
+    if update.payload.is_none() && update.idle.is_none() {
+        return Err(Failure::invalid(
+            "nothing to update: give --payload, --payload-file or --idle",
+        ));
+    }
+    Ok(update)
+}
+
+/// The payload from `--payload` or `--payload-file` (`-` = standard input).
+fn payload(args: &PayloadArgs) -> Result<Option<Bytes>, Failure> {
+    if let Some(text) = &args.payload {
+        return Ok(Some(Bytes::from(text.clone().into_bytes())));
+    }
+    let Some(path) = &args.payload_file else {
+        return Ok(None);
+    };
+    let limit = MAX_PAYLOAD_LIMIT as u64 + 1;
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|file| file.take(limit).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| Failure::invalid(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() > MAX_PAYLOAD_LIMIT {
+        return Err(Failure::invalid(format!(
+            "{} is larger than {MAX_PAYLOAD_LIMIT} bytes, more than any node accepts",
+            path.display()
+        )));
+    }
+    Ok(Some(Bytes::from(bytes)))
+}
+
+async fn list(client: &Client, args: ListArgs, json: bool) -> Result<(), Failure> {
+    let filter = ListFilter {
+        kind: args.kind,
+        principal: args.principal,
+        limit: args.limit,
+    };
+    let mut stream = client.list(filter).await?;
+    let stdout = std::io::stdout();
+    while let Some(ticket) = stream.message().await? {
+        let line = if json {
+            ticket_json(&ticket).to_string()
+        } else {
+            ticket_line(&ticket)
+        };
+        if writeln!(stdout.lock(), "{line}").is_err() {
+            break; // stdout closed (e.g. piped into `head`)
+        }
+    }
+    Ok(())
+}
+
+fn print_ticket(ticket: &Ticket, json: bool) {
+    if json {
+        println!("{}", ticket_json(ticket));
+    } else {
+        println!("{}", ticket_text(ticket));
+    }
+}
+
+fn print_ticket_line(ticket: &Ticket, json: bool) {
+    if json {
+        println!("{}", ticket_json(ticket));
+    } else {
+        println!("{}", ticket_line(ticket));
+    }
+}
+
+fn print_deleted(deleted: u64, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "deleted": deleted }));
+    } else {
+        println!("deleted {deleted}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The `tessera` command line: `serve` runs a node; every other subcommand is
+//! a call through `tessera-client`. Scripts rely on the shape and exit codes:
+//! 0 success; 1 the ticket is not there (or a compare-and-set / create-only
+//! lost); 2 invalid input; 3 the store could not be reached or failed.
+
+mod commands;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::parse_duration;
+pub use serve::ServeArgs;
+
+/// Process exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    NotThere = 1,
+    InvalidInput = 2,
+    Failed = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// Tessera: a replicated ticket store for single sign-on servers.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags of every client subcommand (accepted before or after it).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Node addresses, comma-separated; the client fails over in order.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    pub addr: Vec<String>,
+    /// Print JSON (one object per line) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Per-call timeout of client subcommands.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (defaults: one node on 127.0.0.1:7070, no other dependency).
+    Serve(ServeArgs),
+    /// Create a ticket, or replace it unless --create-only.
+    Put(PutArgs),
+    /// Show a live ticket (records no use, extends nothing).
+    Get { id: String },
+    /// Record a use of a ticket and show it.
+    Touch { id: String },
+    /// Check and record a use atomically (service tickets).
+    Consume { id: String },
+    /// Replace a ticket's payload and/or idle timeout.
+    Update(UpdateArgs),
+    /// Delete a ticket and all its descendants.
+    Delete { id: String },
+    /// Delete every ticket.
+    DeleteAll,
+    /// Delete every ticket of a principal, with descendants (logout everywhere).
+    DeleteFor { principal: String },
+    /// List live tickets.
+    List(ListArgs),
+    /// Count tickets, total and per kind.
+    Count,
+    /// Live TGTs (sessions) of a principal, case-insensitive.
+    Sessions { principal: String },
+    /// The cluster's nodes as the contacted node sees them.
+    Members,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    pub id: String,
+    /// Upper-case word [default: the id's prefix before the first '-'].
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Time to live: 10s, 5m, 8h, 14d.
+    #[arg(long, default_value = "8h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Sliding idle timeout (at most the TTL).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle: Option<Duration>,
+    /// Uses allowed; 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub max_uses: u32,
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Parent ticket id (the ticket dies with it and never outlives it).
+    #[arg(long)]
+    pub parent: Option<String>,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    /// Fail (exit 1) instead of replacing a live ticket.
+    #[arg(long)]
+    pub create_only: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PayloadArgs {
+    /// Payload as text.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Payload read from a file ('-' for standard input).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    /// New idle timeout; 0s removes it.
+    #[arg(long, value_parser = parse_duration)]
+    pub idle: Option<Duration>,
+    /// Only update if the ticket is still at this version (else exit 1).
+    #[arg(long)]
+    pub if_version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// Stop after this many tickets; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u64,
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tessera: cannot start the async runtime: {e}");
+            return Exit::Failed.into();
+        }
+    };
+    let exit = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            command => commands::run(&cli.global, command).await,
+        }
+    });
+    exit.into()
+}

@@ -76,7 +76,11 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
             let deleted = client.delete(&id).await?;
             print_deleted(deleted, json);
             // Nothing deleted means the ticket was not there.
-            return Ok(if deleted == 0 { Exit::NotThere } else { Exit::Ok });
+            return Ok(if deleted == 0 {
+                Exit::NotThere
+            } else {
+                Exit::Ok
+            });
         }
         Command::DeleteAll => print_deleted(client.delete_all().await?, json),
         Command::DeleteFor { principal } => {

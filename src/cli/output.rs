@@ -46,11 +46,20 @@ pub fn ticket_text(ticket: &Ticket) -> String {
     [
         ("id", ticket.id.clone()),
         ("kind", ticket.kind.clone()),
-        ("principal", ticket.principal.clone().unwrap_or_else(|| "-".into())),
-        ("parent", ticket.parent.clone().unwrap_or_else(|| "-".into())),
+        (
+            "principal",
+            ticket.principal.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "parent",
+            ticket.parent.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("created_at", rfc3339(ticket.created_at)),
         ("deadline", rfc3339(ticket.deadline)),
-        ("idle", ticket.idle.map(duration).unwrap_or_else(|| "-".into())),
+        (
+            "idle",
+            ticket.idle.map(duration).unwrap_or_else(|| "-".into()),
+        ),
         ("last_used", rfc3339(ticket.last_used)),
         ("uses", format!("{} of {max_uses}", ticket.uses)),
         ("version", ticket.version.clone()),
@@ -81,7 +90,12 @@ pub fn counts_json(counts: &Counts) -> Value {
 
 pub fn counts_text(counts: &Counts) -> String {
     let mut lines = vec![format!("total\t{}", counts.total)];
-    lines.extend(counts.by_kind.iter().map(|(kind, n)| format!("{kind}\t{n}")));
+    lines.extend(
+        counts
+            .by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind}\t{n}")),
+    );
     lines.join("\n")
 }
 

@@ -12,7 +12,7 @@
 
 mod shard;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +117,27 @@ pub struct SweepReport {
     pub more_due: bool,
 }
 
+/// What a delete is removing: the tombstones written (to replicate) and which
+/// of the ids were live (to count).
+#[derive(Default)]
+struct Removal {
+    changes: Vec<Change>,
+    live: HashSet<Arc<str>>,
+    /// `changes` before this index have cascaded already.
+    cascaded: usize,
+}
+
+impl Removal {
+    /// Cascade what is left and report how many live tickets went.
+    fn finish(mut self, store: &Store, now: Millis) -> Written<u64> {
+        store.cascade(&mut self.changes, &mut self.cascaded, &mut self.live, now);
+        Written {
+            value: self.live.len() as u64,
+            changes: self.changes,
+        }
+    }
+}
+
 /// The node's ticket store.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
@@ -214,6 +235,22 @@ impl Store {
         }
     }
 
+    /// Whether `id` is stored, and if so whether it is live: its own state and
+    /// every ancestor's. The one notion of "live" that reads, list, put and the
+    /// delete counts share.
+    fn effective_liveness(&self, id: &str, now: Millis) -> Option<bool> {
+        let (own_live, parent) = {
+            let shard = self.lock(self.shard_index(id));
+            let entry = shard.entries.get(id)?;
+            let own_live = entry.liveness(now) == Liveness::Live;
+            (
+                own_live,
+                entry.live().and_then(|inc| inc.identity.parent.clone()),
+            )
+        };
+        Some(own_live && self.ancestors_live(parent, now))
+    }
+
     /// Counts of tickets not yet deleted or swept, from per-shard counters.
     pub fn count(&self) -> Counts {
         let mut counts = Counts::default();
@@ -267,6 +304,7 @@ impl Store {
         let now = self.now();
         let principal = filter.principal.as_deref().map(str::to_lowercase);
         let mut page = Vec::new();
+        let mut found = Vec::new();
         let mut cursor = cursor;
         while cursor.shard < self.shards.len() && page.len() < max {
             let shard = self.lock(cursor.shard);
@@ -291,14 +329,21 @@ impl Store {
                     && let Ok(inc) = live_at(entry, now)
                     && filter.kind.as_ref().is_none_or(|k| *k == inc.identity.kind)
                 {
-                    page.push(TicketView::of(id, inc));
+                    found.push((TicketView::of(id, inc), inc.identity.parent.clone()));
                 }
-                if page.len() >= max || scanned >= PAGE * 4 {
+                if page.len() + found.len() >= max || scanned >= PAGE * 4 {
                     stopped_at = Some(id.clone());
                     break;
                 }
             }
             drop(shard);
+            // Ancestors live in other shards: check them without this lock held.
+            page.extend(
+                found
+                    .drain(..)
+                    .filter(|(_, parent)| self.ancestors_live(parent.clone(), now))
+                    .map(|(view, _)| view),
+            );
             cursor = match stopped_at {
                 Some(id) => ListCursor {
                     shard: cursor.shard,
@@ -348,6 +393,8 @@ impl Store {
         if let Some(parent) = &put.parent {
             self.check_parent_chain(&put.id, parent, now)?;
         }
+        // A ticket that died with an ancestor is dead even if its own state is not.
+        let reuses_dead_id = self.effective_liveness(&put.id, now) == Some(false);
 
         let id: Arc<str> = put.id.as_str().into();
         let own = self.shard_index(&id);
@@ -356,6 +403,12 @@ impl Store {
         let view = self.with_pair(own, parent_index, |shard, parent_shard| {
             if let Some(existing) = shard.entries.get(&id) {
                 match existing.liveness(now) {
+                    Liveness::Live if reuses_dead_id => {
+                        return Err(StoreError::AlreadyExists(
+                            "this id belonged to a ticket that is no longer live; ids are never reused"
+                                .into(),
+                        ));
+                    }
                     Liveness::Live if put.create_only => {
                         return Err(StoreError::AlreadyExists(
                             "a live ticket with this id exists (create_only)".into(),
@@ -536,7 +589,7 @@ impl Store {
             self.apply_locked(&mut shard, None, &id, copy, now, &mut changes);
             view
         };
-        self.cascade(&mut changes, now);
+        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         Ok(Written {
             value: view,
             changes,
@@ -547,67 +600,17 @@ impl Store {
     pub fn delete(&self, id: &str) -> Result<Written<u64>, StoreError> {
         ticket::validate_id("id", id)?;
         let now = self.now();
-        let parent_live = {
-            let shard = self.lock(self.shard_index(id));
-            match shard.entries.get(id) {
-                None => {
-                    return Ok(Written {
-                        value: 0,
-                        changes: Vec::new(),
-                    });
-                }
-                Some(entry) => {
-                    let parent = entry.live().and_then(|inc| inc.identity.parent.clone());
-                    drop(shard);
-                    self.ancestors_live(parent, now)
-                }
-            }
-        };
-        let mut changes = Vec::new();
-        let mut deleted = self.delete_one(&id.into(), None, now, &mut changes);
-        if !parent_live {
-            deleted.0 = false;
-        }
-        let removed = u64::from(deleted.0) + self.cascade(&mut changes, now);
-        debug!(ticket = %tag(id), removed, "delete");
-        Ok(Written {
-            value: removed,
-            changes,
-        })
-    }
-
-    /// Tombstone one id (if it is stored and, when `expected_parent` is given,
-    /// still a child of it). Returns (was live, was stored).
-    fn delete_one(
-        &self,
-        id: &Arc<str>,
-        expected_parent: Option<&str>,
-        now: Millis,
-        changes: &mut Vec<Change>,
-    ) -> (bool, bool) {
-        let mut shard = self.lock(self.shard_index(id));
-        let Some(entry) = shard.entries.get(id) else {
-            return (false, false);
-        };
-        if let Some(parent) = expected_parent
-            && entry
-                .live()
-                .is_some_and(|inc| inc.identity.parent.as_deref() != Some(parent))
-        {
-            // Re-put under another parent since it was indexed here.
-            return (false, true);
-        }
-        let was_live = entry.liveness(now) == Liveness::Live;
-        let tombstone = Entry::tombstone(0);
-        self.apply_locked(&mut shard, None, id, tombstone, now, changes);
-        (was_live, true)
+        let mut removal = Removal::default();
+        self.delete_root(&id.into(), now, &mut removal);
+        let written = removal.finish(self, now);
+        debug!(ticket = %tag(id), removed = written.value, "delete");
+        Ok(written)
     }
 
     /// Delete every ticket that exists when the call starts.
     pub fn delete_all(&self) -> Written<u64> {
         let now = self.now();
-        let mut changes = Vec::new();
-        let mut removed = 0;
+        let mut removal = Removal::default();
         for index in 0..self.shards.len() {
             let mut after: Option<Arc<str>> = None;
             loop {
@@ -628,17 +631,14 @@ impl Store {
                     break;
                 };
                 for id in &ids {
-                    removed += u64::from(self.delete_one(id, None, now, &mut changes).0);
+                    self.delete_root(id, now, &mut removal);
                 }
-                removed += self.cascade(&mut changes, now);
                 after = Some(last);
             }
         }
-        debug!(removed, "delete_all");
-        Written {
-            value: removed,
-            changes,
-        }
+        let written = removal.finish(self, now);
+        debug!(removed = written.value, "delete_all");
+        written
     }
 
     /// Delete every ticket of a principal (case-insensitive), with descendants.
@@ -646,8 +646,7 @@ impl Store {
         ticket::validate_principal(principal)?;
         let key = principal.to_lowercase();
         let now = self.now();
-        let mut changes = Vec::new();
-        let mut removed = 0;
+        let mut removal = Removal::default();
         for index in 0..self.shards.len() {
             let ids: Vec<Arc<str>> = {
                 let shard = self.lock(index);
@@ -658,15 +657,58 @@ impl Store {
                     .unwrap_or_default()
             };
             for id in &ids {
-                removed += u64::from(self.delete_one(id, None, now, &mut changes).0);
+                self.delete_root(id, now, &mut removal);
             }
         }
-        removed += self.cascade(&mut changes, now);
-        debug!(removed, "delete_for");
-        Ok(Written {
-            value: removed,
-            changes,
-        })
+        let written = removal.finish(self, now);
+        debug!(removed = written.value, "delete_for");
+        Ok(written)
+    }
+
+    /// Tombstone `id` as the root of a delete; it counts as removed if it was
+    /// live, itself and its ancestors.
+    fn delete_root(&self, id: &Arc<str>, now: Millis, removal: &mut Removal) {
+        let Some(live) = self.effective_liveness(id, now) else {
+            return;
+        };
+        let was_live = self.delete_one(id, None, now, &mut removal.changes);
+        if live && was_live {
+            removal.live.insert(id.clone());
+        }
+        // Cascade at once, so a descendant met later as a root of its own (same
+        // principal, next page) is already accounted for.
+        self.cascade(
+            &mut removal.changes,
+            &mut removal.cascaded,
+            &mut removal.live,
+            now,
+        );
+    }
+
+    /// Tombstone one stored id (when `expected_parent` is given, only if it is
+    /// still a child of it). Returns whether its own state was live.
+    fn delete_one(
+        &self,
+        id: &Arc<str>,
+        expected_parent: Option<&str>,
+        now: Millis,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        let mut shard = self.lock(self.shard_index(id));
+        let Some(entry) = shard.entries.get(id) else {
+            return false;
+        };
+        if let Some(parent) = expected_parent
+            && entry
+                .live()
+                .is_some_and(|inc| inc.identity.parent.as_deref() != Some(parent))
+        {
+            // Re-put under another parent since it was indexed here.
+            return false;
+        }
+        let was_live = entry.liveness(now) == Liveness::Live;
+        self.apply_locked(&mut shard, None, id, Entry::tombstone(0), now, changes);
+        was_live
     }
 
     /// Merge an entry received from a peer (or anti-entropy). Returns what
@@ -683,7 +725,7 @@ impl Store {
         self.with_pair(own, parent_index, |shard, parent_shard| {
             self.apply_locked(shard, parent_shard, &id, incoming, now, &mut changes);
         });
-        self.cascade(&mut changes, now);
+        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         changes
     }
 
@@ -742,14 +784,19 @@ impl Store {
         merged
     }
 
-    /// Tombstone every child of every tombstone in `changes` (recursively).
-    /// Returns how many of them were live.
-    fn cascade(&self, changes: &mut Vec<Change>, now: Millis) -> u64 {
-        let mut removed = 0;
-        let mut next = 0;
-        while next < changes.len() {
-            let (parent, entry) = &changes[next];
-            next += 1;
+    /// Tombstone every child of every tombstone in `changes`, recursively
+    /// (children's tombstones are appended and cascade in turn). A child joins
+    /// `live` when it was live and its parent is in `live`.
+    fn cascade(
+        &self,
+        changes: &mut Vec<Change>,
+        next: &mut usize,
+        live: &mut HashSet<Arc<str>>,
+        now: Millis,
+    ) {
+        while *next < changes.len() {
+            let (parent, entry) = &changes[*next];
+            *next += 1;
             if !entry.is_deleted() {
                 continue;
             }
@@ -759,10 +806,12 @@ impl Store {
                 shard.children.remove(&parent).unwrap_or_default()
             };
             for child in children {
-                removed += u64::from(self.delete_one(&child, Some(&parent), now, changes).0);
+                let was_live = self.delete_one(&child, Some(&parent), now, changes);
+                if was_live && live.contains(&parent) {
+                    live.insert(child);
+                }
             }
         }
-        removed
     }
 
     /// Lock the entry's shard and, if different, its parent's, in index order
@@ -865,7 +914,7 @@ impl Store {
             }
         }
         report.more_due = left == 0 && self.next_due().is_some_and(|due| due <= now);
-        self.cascade(&mut changes, now);
+        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         for (parent, child) in forgotten_children {
             let mut shard = self.lock(self.shard_index(&parent));
             if let Some(children) = shard.children.get_mut(parent.as_str()) {

@@ -7,6 +7,12 @@ pub mod v1 {
     tonic::include_proto!("tessera.v1");
 }
 
+/// The peer protocol (`tessera.peer.v1`): messages only, carried over Tessera's
+/// own encrypted framing rather than gRPC.
+pub mod peer {
+    tonic::include_proto!("tessera.peer.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every Tessera proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tessera_descriptor.bin"));

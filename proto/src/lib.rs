@@ -9,6 +9,7 @@ pub mod v1 {
 
 /// The peer protocol (`tessera.peer.v1`): messages only, carried over Tessera's
 /// own encrypted framing rather than gRPC.
+#[allow(clippy::large_enum_variant)]
 pub mod peer {
     tonic::include_proto!("tessera.peer.v1");
 }

@@ -10,10 +10,10 @@
 //! Mutating calls return the entries they changed ([`Written::changes`]): what
 //! replication pushes to peers.
 
+pub mod digest;
 mod shard;
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -174,9 +174,14 @@ impl Store {
         self.hlc.clock().now_ms()
     }
 
+    /// A bucket's entries all live in one shard, so syncing a bucket scans
+    /// one shard only.
     fn shard_index(&self, id: &str) -> usize {
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
-        (hash % self.shards.len() as u64) as usize
+        self.shard_of_bucket(digest::bucket_of(id))
+    }
+
+    fn shard_of_bucket(&self, bucket: usize) -> usize {
+        bucket % self.shards.len()
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
@@ -840,6 +845,51 @@ impl Store {
                 f(&mut shard, None)
             }
         }
+    }
+
+    // ---- replication support ----
+
+    /// Whether this node holds any record (live or not) for `id`: a miss is
+    /// what makes a read ask the peers.
+    pub fn holds(&self, id: &str) -> bool {
+        self.lock(self.shard_index(id)).entries.contains_key(id)
+    }
+
+    /// The stored entry for `id`, as a peer would receive it.
+    pub fn entry(&self, id: &str) -> Option<Entry> {
+        self.lock(self.shard_index(id)).entries.get(id).cloned()
+    }
+
+    /// Every bucket's digest, in bucket order.
+    pub fn digests(&self) -> Vec<u64> {
+        let mut digests = vec![0; digest::BUCKETS];
+        for index in 0..self.shards.len() {
+            let shard = self.lock(index);
+            for (bucket, digest) in digests.iter_mut().enumerate() {
+                if self.shard_of_bucket(bucket) == index {
+                    *digest = shard.digests[bucket];
+                }
+            }
+        }
+        digests
+    }
+
+    /// Every entry of one bucket (a shard lock held for one scan of that shard).
+    pub fn bucket_entries(&self, bucket: usize) -> Vec<Change> {
+        let shard = self.lock(self.shard_of_bucket(bucket));
+        shard
+            .entries
+            .iter()
+            .filter(|(id, _)| digest::bucket_of(id) == bucket)
+            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .collect()
+    }
+
+    /// Records held (live, dying or tombstones).
+    pub fn records(&self) -> usize {
+        (0..self.shards.len())
+            .map(|index| self.lock(index).entries.len())
+            .sum()
     }
 
     // ---- expiry ----

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::digest::{BUCKETS, bucket_of, entry_digest};
 use crate::clock::Millis;
 use crate::entry::{Entry, State};
 
 /// Entries of one shard and their indexes.
-#[derive(Default)]
 pub(super) struct Shard {
     /// Ordered so `list` and `delete_all` can resume from a cursor.
     pub entries: BTreeMap<Arc<str>, Entry>,
@@ -25,6 +25,22 @@ pub(super) struct Shard {
     pub by_principal: HashMap<String, BTreeSet<Arc<str>>>,
     /// Non-deleted entries of this shard per kind (`count` sums these).
     pub kinds: HashMap<String, u64>,
+    /// Digest of every bucket (XOR of entry digests); only the buckets that map
+    /// to this shard are ever non-zero.
+    pub digests: Vec<u64>,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            entries: BTreeMap::new(),
+            due: BTreeSet::new(),
+            children: HashMap::new(),
+            by_principal: HashMap::new(),
+            kinds: HashMap::new(),
+            digests: vec![0; BUCKETS],
+        }
+    }
 }
 
 /// What the indexes record about one entry.
@@ -86,6 +102,13 @@ impl Shard {
             .as_ref()
             .map(|entry| IndexKeys::of(entry, skew_budget_ms));
         let due = after.as_ref().map(|keys| keys.due_ms);
+        let bucket = bucket_of(id);
+        if let Some(old) = self.entries.get(id) {
+            self.digests[bucket] ^= entry_digest(id, old);
+        }
+        if let Some(entry) = &new {
+            self.digests[bucket] ^= entry_digest(id, entry);
+        }
         match new {
             Some(entry) => {
                 self.entries.insert(id.clone(), entry);

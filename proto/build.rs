@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".tessera.v1")
+        .bytes(".tessera.peer.v1")
         .compile_fds(descriptors)?;
     Ok(())
 }

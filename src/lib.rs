@@ -16,6 +16,7 @@ pub mod entry;
 pub mod error;
 pub mod peer;
 pub mod redact;
+pub mod replication;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -43,3 +43,21 @@ pub fn ticket(view: TicketView) -> Ticket {
         version: view.version,
     }
 }
+
+/// The inverse of [`ticket`], for tickets a peer's arbiter sends back.
+pub fn ticket_view(ticket: Ticket) -> TicketView {
+    TicketView {
+        id: ticket.id,
+        kind: ticket.kind,
+        principal: ticket.principal,
+        parent: ticket.parent,
+        payload: ticket.payload,
+        created_at_ms: ticket.created_at_ms,
+        deadline_ms: ticket.deadline_ms,
+        idle_ms: ticket.idle_ms,
+        last_used_ms: ticket.last_used_ms,
+        uses: ticket.uses,
+        max_uses: ticket.max_uses,
+        version: ticket.version,
+    }
+}

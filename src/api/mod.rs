@@ -21,7 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::store::{ListCursor, ListFilter, Store};
-use convert::{put_ticket, ticket, update_ticket};
+use convert::{put_ticket, update_ticket};
+pub use convert::{ticket, ticket_view};
 pub use status::to_status;
 
 /// Tickets per store page while listing; the stream buffers at most one page

@@ -1,0 +1,201 @@
+//! Anti-entropy: repairs what pushes missed (a peer was down, partitioned, or
+//! restarted empty). Every few seconds a node compares its 256 bucket digests
+//! with one live peer's and exchanges the entries of the buckets that differ,
+//! both ways. A node that joins or returns runs the same sync in bulk before it
+//! reports ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream;
+use tessera_proto::peer::peer_frame::Body;
+use tessera_proto::peer::{BucketDigests, BucketSync};
+use tracing::{debug, info};
+
+use super::Replicator;
+use super::wire::to_record;
+use crate::peer::{NodeId, PeerError};
+use crate::worker::{Worker, WorkerState};
+
+/// Buckets synced concurrently with one peer.
+const SYNC_CONCURRENCY: usize = 8;
+
+/// What one sync with a peer found and moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub buckets_differing: usize,
+    pub entries_sent: usize,
+    pub entries_received: usize,
+}
+
+impl Replicator {
+    /// Compare digests with `peer` and exchange the entries of differing buckets.
+    pub async fn sync_with(&self, peer: &NodeId) -> Result<SyncReport, PeerError> {
+        let network = self
+            .network()
+            .cloned()
+            .ok_or_else(|| PeerError::Unreachable(peer.to_string(), "no network".into()))?;
+        let mine = self.store().digests();
+        let reply = network
+            .call(
+                peer,
+                Body::Digests(BucketDigests {
+                    digests: mine.clone(),
+                    entries: self.store().records() as u64,
+                }),
+            )
+            .await?;
+        let Body::DigestsReply(theirs) = reply else {
+            return Err(PeerError::Protocol(
+                peer.to_string(),
+                "digests answered with something else".into(),
+            ));
+        };
+        if theirs.digests.len() != mine.len() {
+            return Err(PeerError::Protocol(
+                peer.to_string(),
+                format!(
+                    "{} bucket digests, expected {}",
+                    theirs.digests.len(),
+                    mine.len()
+                ),
+            ));
+        }
+        let differing: Vec<usize> = (0..mine.len())
+            .filter(|&b| mine[b] != theirs.digests[b])
+            .collect();
+        let mut report = SyncReport {
+            buckets_differing: differing.len(),
+            ..SyncReport::default()
+        };
+        let mut results = stream::iter(differing)
+            .map(|bucket| {
+                let network = network.clone();
+                async move {
+                    let entries: Vec<_> = self
+                        .store()
+                        .bucket_entries(bucket)
+                        .iter()
+                        .map(|(id, entry)| to_record(id, entry))
+                        .collect();
+                    let sent = entries.len();
+                    let reply = network
+                        .call(
+                            peer,
+                            Body::BucketSync(BucketSync {
+                                buckets: vec![bucket as u32],
+                                entries,
+                            }),
+                        )
+                        .await?;
+                    match reply {
+                        Body::Entries(entries) => {
+                            let received = self.apply_records(entries.entries);
+                            Ok((sent, received))
+                        }
+                        _ => Err(PeerError::Protocol(
+                            peer.to_string(),
+                            "bucket sync answered with something else".into(),
+                        )),
+                    }
+                }
+            })
+            .buffer_unordered(SYNC_CONCURRENCY);
+        while let Some(result) = results.next().await {
+            let (sent, received) = result?;
+            report.entries_sent += sent;
+            report.entries_received += received;
+        }
+        Ok(report)
+    }
+}
+
+/// The anti-entropy worker of one node.
+pub struct AntiEntropy {
+    replicator: Arc<Replicator>,
+    interval: Duration,
+    /// Round-robin position over the live peers.
+    next_peer: usize,
+    /// Set once a full sync with some peer succeeded (or there was no peer).
+    synced: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+}
+
+impl AntiEntropy {
+    pub fn new(replicator: Arc<Replicator>, interval: Duration) -> AntiEntropy {
+        AntiEntropy {
+            replicator,
+            interval,
+            next_peer: 0,
+            synced: Arc::new(AtomicBool::new(false)),
+            rounds: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// True once this node has caught up with a peer at least once.
+    pub fn synced_flag(&self) -> Arc<AtomicBool> {
+        self.synced.clone()
+    }
+
+    /// Completed sync rounds (for tests and metrics).
+    pub fn rounds(&self) -> Arc<AtomicU64> {
+        self.rounds.clone()
+    }
+}
+
+impl Worker for AntiEntropy {
+    fn name(&self) -> &'static str {
+        "anti-entropy"
+    }
+
+    async fn work(&mut self) -> WorkerState {
+        let peers = self.replicator.peers();
+        if peers.is_empty() {
+            return WorkerState::Idle;
+        }
+        let peer = peers[self.next_peer % peers.len()].clone();
+        self.next_peer = self.next_peer.wrapping_add(1);
+        match self.replicator.sync_with(&peer).await {
+            Ok(report) => {
+                if report.buckets_differing > 0 {
+                    info!(
+                        peer = %peer,
+                        buckets = report.buckets_differing,
+                        sent = report.entries_sent,
+                        received = report.entries_received,
+                        "anti-entropy repaired differences"
+                    );
+                }
+                if !self.synced.swap(true, Ordering::AcqRel) {
+                    info!(peer = %peer, "caught up with the cluster");
+                }
+                self.rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => debug!(peer = %peer, error = %e, "anti-entropy round failed"),
+        }
+        WorkerState::Idle
+    }
+
+    async fn wait_for_work(&mut self) {
+        // ±25% jitter so a fleet does not sync in lockstep.
+        let jitter = (rand_fraction() - 0.5) * 0.5;
+        let wait = self.interval.mul_f64(1.0 + jitter);
+        if self.synced.load(Ordering::Acquire) {
+            tokio::time::sleep(wait).await;
+        } else {
+            // Not caught up yet: retry soon.
+            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+        }
+    }
+}
+
+/// A number in [0, 1) from the OS's randomness (0.5 if unavailable).
+fn rand_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}

@@ -1,0 +1,809 @@
+//! Replication: every node holds every live ticket (full replication).
+//!
+//! - **Writes** are applied locally through the store's merge path, then pushed
+//!   to every live peer at once; the client's call returns once `write_quorum`
+//!   nodes hold the write.
+//! - **Reads** that miss locally ask the peers first, so a put acknowledged on A
+//!   is readable on B before the push reaches B (read your writes anywhere).
+//! - **Conditional operations** (consume, compare-and-set update) go to the
+//!   ticket's arbiter: the highest rendezvous hash of (node, ticket id) among
+//!   live members. The arbiter serializes them per ticket and needs votes from a
+//!   majority of the expected cluster size for each slot (see [`votes`]), so two
+//!   arbiters that disagree on membership can never both spend the same use.
+//! - **Anti-entropy** ([`anti_entropy`]) repairs what pushes missed.
+
+pub mod anti_entropy;
+mod votes;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tessera_proto::peer::peer_frame::Body;
+use tessera_proto::peer::{
+    BucketDigests, ConsumeOp, Decide, Decided, Entries, ErrorReply, Fetch, Hlc as WireHlc, Propose,
+    Push, PushAck, UpdateOp, Vote, decide,
+};
+use tonic::Code;
+use tracing::{debug, warn};
+
+use crate::clock::Millis;
+use crate::entry::Entry;
+use crate::error::StoreError;
+use crate::peer::{NodeId, PeerError, PeerHandler, PeerNetwork};
+use crate::redact::tag;
+use crate::store::{PutTicket, Store, UpdateTicket, Written};
+use crate::ticket::{self, TicketView};
+use votes::{Ballot, VoteBook};
+use wire::{from_record, hlc_from_wire, hlc_to_wire, stamp_from_wire, stamp_to_wire, to_record};
+
+/// How long the largest membership seen counts towards the expected size.
+const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
+/// Entries per push message.
+const PUSH_BATCH: usize = 512;
+/// Per-ticket decision locks (striped).
+const DECIDER_STRIPES: usize = 1024;
+
+/// How many nodes must hold a write before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteQuorum {
+    /// 2 when at least 2 nodes are live, else 1.
+    Default,
+    Nodes(usize),
+    All,
+}
+
+impl FromStr for WriteQuorum {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<WriteQuorum, String> {
+        match text.trim() {
+            "all" => Ok(WriteQuorum::All),
+            "default" => Ok(WriteQuorum::Default),
+            n => match n.parse::<usize>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "'{text}' is not a write quorum: use a number of nodes (1 or more) or 'all'"
+                )),
+                Ok(n) => Ok(WriteQuorum::Nodes(n)),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub write_quorum: WriteQuorum,
+    /// The cluster size that majorities are counted against, at least.
+    pub expected_size: usize,
+    /// Bound on one peer round trip made for a client call.
+    pub call_timeout: Duration,
+    pub max_clock_skew: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            write_quorum: WriteQuorum::Default,
+            expected_size: 1,
+            call_timeout: Duration::from_secs(2),
+            max_clock_skew: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    pub pushes_failed: AtomicU64,
+    pub read_repairs: AtomicU64,
+    pub decisions_forwarded: AtomicU64,
+    pub clock_skew_reports: AtomicU64,
+    pub bad_records: AtomicU64,
+}
+
+/// Who this node believes is in the cluster.
+struct View {
+    /// Live peers, this node excluded.
+    peers: Vec<NodeId>,
+    /// Live peers that are leaving: not arbiters any more.
+    draining: HashSet<NodeId>,
+    largest: usize,
+    largest_at: Instant,
+    /// Last time a skewed clock was logged, per peer (rate limit).
+    skew_logged: Vec<(NodeId, Instant)>,
+}
+
+/// The replication layer of one node.
+pub struct Replicator {
+    store: Arc<Store>,
+    me: NodeId,
+    config: ReplicationConfig,
+    network: OnceLock<Arc<dyn PeerNetwork>>,
+    view: RwLock<View>,
+    votes: Mutex<VoteBook>,
+    deciders: Box<[tokio::sync::Mutex<()>]>,
+    pub stats: ReplicationStats,
+}
+
+impl Replicator {
+    pub fn new(store: Arc<Store>, config: ReplicationConfig) -> Arc<Replicator> {
+        let me = store.hlc().node().clone();
+        Arc::new(Replicator {
+            store,
+            me,
+            view: RwLock::new(View {
+                peers: Vec::new(),
+                draining: HashSet::new(),
+                largest: 1,
+                largest_at: Instant::now(),
+                skew_logged: Vec::new(),
+            }),
+            config,
+            network: OnceLock::new(),
+            votes: Mutex::new(VoteBook::default()),
+            deciders: (0..DECIDER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            stats: ReplicationStats::default(),
+        })
+    }
+
+    /// Connect to the peer network (once; the network needs `self` as its handler).
+    pub fn attach(&self, network: Arc<dyn PeerNetwork>) {
+        let _ = self.network.set(network);
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// Update the live membership (peers other than this node, with their
+    /// draining flag).
+    pub fn set_members(&self, peers: impl IntoIterator<Item = (NodeId, bool)>) {
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        view.peers.clear();
+        view.draining.clear();
+        for (node, draining) in peers {
+            if node == self.me {
+                continue;
+            }
+            if draining {
+                view.draining.insert(node.clone());
+            }
+            view.peers.push(node);
+        }
+        view.peers.sort();
+        view.peers.dedup();
+        let size = view.peers.len() + 1;
+        if size >= view.largest || view.largest_at.elapsed() > LARGEST_SEEN_WINDOW {
+            view.largest = size;
+            view.largest_at = Instant::now();
+        }
+    }
+
+    /// Live peers, this node excluded.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .peers
+            .clone()
+    }
+
+    /// The cluster size majorities are counted against: the configured size or
+    /// the largest membership seen in the last ten minutes, whichever is larger.
+    pub fn expected_size(&self) -> usize {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        self.config
+            .expected_size
+            .max(view.largest)
+            .max(view.peers.len() + 1)
+    }
+
+    fn majority(&self) -> usize {
+        self.expected_size() / 2 + 1
+    }
+
+    /// The ticket's arbiter: highest rendezvous hash among live, non-draining
+    /// members (this node included).
+    pub fn arbiter(&self, id: &str) -> NodeId {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(&self.me)
+            .chain(view.peers.iter().filter(|p| !view.draining.contains(*p)))
+            .max_by_key(|node| rendezvous(node, id))
+            .cloned()
+            .unwrap_or_else(|| self.me.clone())
+    }
+
+    fn network(&self) -> Option<&Arc<dyn PeerNetwork>> {
+        self.network.get()
+    }
+
+    // ---- client operations ----
+
+    pub async fn put(&self, put: PutTicket) -> Result<TicketView, StoreError> {
+        if let Some(parent) = &put.parent {
+            self.read_repair(parent).await;
+        }
+        let written = self.store.put(put)?;
+        self.replicate(written).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<TicketView, StoreError> {
+        ticket::validate_id("id", id)?;
+        self.read_repair(id).await;
+        self.store.get(id)
+    }
+
+    pub async fn touch(&self, id: &str) -> Result<TicketView, StoreError> {
+        ticket::validate_id("id", id)?;
+        self.read_repair(id).await;
+        let written = self.store.touch(id)?;
+        self.replicate(written).await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<u64, StoreError> {
+        ticket::validate_id("id", id)?;
+        self.read_repair(id).await;
+        let written = self.store.delete(id)?;
+        self.replicate(written).await
+    }
+
+    pub async fn delete_all(&self) -> Result<u64, StoreError> {
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || store.delete_all())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("delete_all failed: {e}")))?;
+        self.replicate(written).await
+    }
+
+    pub async fn delete_for(&self, principal: &str) -> Result<u64, StoreError> {
+        let written = self.store.delete_for(principal)?;
+        self.replicate(written).await
+    }
+
+    /// Record one use, decided by the ticket's arbiter.
+    pub async fn consume(&self, id: &str) -> Result<TicketView, StoreError> {
+        ticket::validate_id("id", id)?;
+        self.decide(id, decide::Op::Consume(ConsumeOp {})).await
+    }
+
+    /// Update; with `if_version` it is a compare-and-set decided by the arbiter.
+    pub async fn update(&self, id: &str, update: UpdateTicket) -> Result<TicketView, StoreError> {
+        ticket::validate_id("id", id)?;
+        match update.if_version.clone() {
+            Some(if_version) => {
+                let op = decide::Op::Update(UpdateOp {
+                    payload: update.payload,
+                    idle_ms: update.idle_ms,
+                    if_version,
+                });
+                self.decide(id, op).await
+            }
+            None => {
+                self.read_repair(id).await;
+                let written = self.store.update(id, update)?;
+                self.replicate(written).await
+            }
+        }
+    }
+
+    // ---- replication of writes ----
+
+    /// Push a write's changes to every live peer; return once `write_quorum`
+    /// nodes (this one included) hold them. Slow peers keep receiving in the
+    /// background.
+    async fn replicate<T>(&self, written: Written<T>) -> Result<T, StoreError> {
+        let Written { value, changes } = written;
+        if changes.is_empty() {
+            return Ok(value);
+        }
+        let peers = self.peers();
+        let quorum = match self.config.write_quorum {
+            WriteQuorum::Default if peers.is_empty() => 1,
+            WriteQuorum::Default => 2,
+            WriteQuorum::Nodes(n) => n,
+            WriteQuorum::All => peers.len() + 1,
+        };
+        let needed = quorum.saturating_sub(1);
+        let Some(network) = self.network().cloned() else {
+            return if needed == 0 {
+                Ok(value)
+            } else {
+                Err(quorum_error(1, quorum))
+            };
+        };
+        if peers.is_empty() {
+            return if needed == 0 {
+                Ok(value)
+            } else {
+                Err(quorum_error(1, quorum))
+            };
+        }
+        let records: Vec<_> = changes
+            .iter()
+            .map(|(id, entry)| to_record(id, entry))
+            .collect();
+        let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(peers.len());
+        for peer in peers {
+            let network = network.clone();
+            let records = records.clone();
+            let acks = acks_tx.clone();
+            tokio::spawn(async move {
+                let ok = push_batches(network.as_ref(), &peer, records).await;
+                if let Err(e) = &ok {
+                    debug!(peer = %peer, error = %e, "push failed; anti-entropy will repair");
+                }
+                let _ = acks.send(ok.is_ok()).await;
+            });
+        }
+        drop(acks_tx);
+        let mut acked = 0;
+        let deadline = tokio::time::sleep(self.config.call_timeout);
+        tokio::pin!(deadline);
+        while acked < needed {
+            tokio::select! {
+                ack = acks_rx.recv() => match ack {
+                    Some(true) => acked += 1,
+                    Some(false) => {
+                        self.stats.pushes_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        if acked >= needed {
+            Ok(value)
+        } else {
+            Err(quorum_error(acked + 1, quorum))
+        }
+    }
+
+    /// On a local miss, ask every live peer for the id and merge what they hold.
+    async fn read_repair(&self, id: &str) {
+        if self.store.holds(id) {
+            return;
+        }
+        let Some(network) = self.network().cloned() else {
+            return;
+        };
+        let peers = self.peers();
+        if peers.is_empty() {
+            return;
+        }
+        let mut calls: FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| {
+                let network = network.clone();
+                let body = Body::Fetch(Fetch {
+                    ids: vec![id.to_owned()],
+                });
+                async move { network.call(peer, body).await }
+            })
+            .collect();
+        let deadline = tokio::time::sleep(self.config.call_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                reply = calls.next() => match reply {
+                    Some(Ok(Body::Entries(entries))) => {
+                        let found = !entries.entries.is_empty();
+                        self.apply_records(entries.entries);
+                        if found {
+                            self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+    }
+
+    /// Merge records received from a peer; returns how many were valid.
+    fn apply_records(&self, records: Vec<tessera_proto::peer::EntryRecord>) -> usize {
+        let mut applied = 0;
+        for record in records {
+            match from_record(record) {
+                Ok((id, entry)) => {
+                    self.store.apply(&id, entry);
+                    applied += 1;
+                }
+                Err(e) => {
+                    self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "dropped a bad record from a peer");
+                }
+            }
+        }
+        applied
+    }
+
+    // ---- conditional operations ----
+
+    async fn decide(&self, id: &str, op: decide::Op) -> Result<TicketView, StoreError> {
+        let arbiter = self.arbiter(id);
+        if arbiter != self.me
+            && let Some(network) = self.network().cloned()
+        {
+            self.stats
+                .decisions_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+            let request = Body::Decide(Decide {
+                id: id.to_owned(),
+                op: Some(op.clone()),
+            });
+            match network.call(&arbiter, request).await {
+                Ok(Body::Decided(decided)) => return self.accept_decision(decided),
+                Ok(_) => {}
+                Err(PeerError::Remote { message, .. }) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the ticket's arbiter failed: {message}"
+                    )));
+                }
+                // Unreachable arbiter: decide here; the votes keep it safe.
+                Err(e) => debug!(error = %e, "arbiter unreachable; deciding locally"),
+            }
+        }
+        let (view, _) = self.decide_here(id, op).await?;
+        Ok(view)
+    }
+
+    /// Take the arbiter's decision: merge its entry here and return the ticket.
+    fn accept_decision(&self, decided: Decided) -> Result<TicketView, StoreError> {
+        let (Some(record), Some(ticket)) = (decided.entry, decided.ticket) else {
+            return Err(status_error(decided.code, decided.message));
+        };
+        let (id, entry) = from_record(record)
+            .map_err(|e| StoreError::Unavailable(format!("arbiter answered badly: {e}")))?;
+        self.store.apply(&id, entry);
+        Ok(crate::api::ticket_view(ticket))
+    }
+
+    /// Decide a conditional operation on this node (as the arbiter, or because
+    /// the arbiter is unreachable). Returns the ticket and the entry to hand back.
+    async fn decide_here(
+        &self,
+        id: &str,
+        op: decide::Op,
+    ) -> Result<(TicketView, Entry), StoreError> {
+        let stripe = (rendezvous(&self.me, id) % DECIDER_STRIPES as u64) as usize;
+        let _serialized = self.deciders[stripe].lock().await;
+        self.read_repair(id).await;
+        let current = self.store.get(id)?;
+        let retain = self
+            .store
+            .entry(id)
+            .map(|e| e.retain_until_ms)
+            .unwrap_or_default();
+        let slot = match &op {
+            decide::Op::Consume(_) if current.max_uses == 0 => None,
+            decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),
+            decide::Op::Update(update) => {
+                if update.if_version != current.version {
+                    return Err(StoreError::VersionMismatch {
+                        current: current.version,
+                    });
+                }
+                Some(format!("version:{}", current.version))
+            }
+        };
+        if let Some(slot) = slot {
+            self.win_slot(id, &slot, retain).await?;
+        }
+        let written = match op {
+            decide::Op::Consume(_) => self.store.consume(id)?,
+            decide::Op::Update(update) => self.store.update(
+                id,
+                UpdateTicket {
+                    payload: update.payload,
+                    idle_ms: update.idle_ms,
+                    if_version: Some(update.if_version),
+                },
+            )?,
+        };
+        let entry = written
+            .changes
+            .iter()
+            .find(|(changed, _)| &**changed == id)
+            .map(|(_, entry)| entry.clone())
+            .or_else(|| self.store.entry(id))
+            .ok_or(StoreError::NotFound)?;
+        let view = self.replicate(written).await?;
+        Ok((view, entry))
+    }
+
+    /// Gather votes for this node's proposal on (`id`, `slot`) from a majority of
+    /// the expected cluster size, or fail with `Unavailable`.
+    async fn win_slot(&self, id: &str, slot: &str, retain: Millis) -> Result<(), StoreError> {
+        let proposal = self.store.hlc().stamp();
+        let now = self.store.hlc().clock().now_ms();
+        let majority = self.majority();
+        let mut granted = match self.vote(id, slot, &proposal, retain, now) {
+            Ballot::Granted => 1,
+            Ballot::Refused(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "another consume or update of this ticket holds {slot}"
+                )));
+            }
+        };
+        if granted >= majority {
+            return Ok(());
+        }
+        let peers = self.peers();
+        let Some(network) = self.network().cloned() else {
+            return Err(self.no_majority(granted, majority));
+        };
+        let mut calls: FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| {
+                let network = network.clone();
+                let body = Body::Propose(Propose {
+                    id: id.to_owned(),
+                    slot: slot.to_owned(),
+                    proposal: Some(stamp_to_wire(&proposal)),
+                    retain_until_ms: retain,
+                });
+                async move { network.call(peer, body).await }
+            })
+            .collect();
+        let deadline = tokio::time::sleep(self.config.call_timeout);
+        tokio::pin!(deadline);
+        let mut refused = false;
+        while granted < majority {
+            tokio::select! {
+                reply = calls.next() => match reply {
+                    Some(Ok(Body::Vote(vote))) if vote.granted => granted += 1,
+                    Some(Ok(Body::Vote(_))) => refused = true,
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        if granted >= majority {
+            Ok(())
+        } else if refused {
+            Err(StoreError::Unavailable(format!(
+                "another node's consume or update of this ticket holds {slot}"
+            )))
+        } else {
+            Err(self.no_majority(granted, majority))
+        }
+    }
+
+    fn no_majority(&self, granted: usize, majority: usize) -> StoreError {
+        StoreError::Unavailable(format!(
+            "cannot decide safely: {granted} of the {majority} votes needed (a majority of the expected cluster size {}) were reached; this side of a partition may not spend uses",
+            self.expected_size()
+        ))
+    }
+
+    fn vote(
+        &self,
+        id: &str,
+        slot: &str,
+        proposal: &crate::clock::Stamp,
+        retain: Millis,
+        now: Millis,
+    ) -> Ballot {
+        self.votes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .vote(id, slot, proposal, retain, now)
+    }
+
+    // ---- requests from peers ----
+
+    async fn handle_request(&self, from: &NodeId, body: Body) -> Body {
+        match body {
+            Body::Push(push) => {
+                let applied = self.apply_records(push.entries);
+                Body::PushAck(PushAck {
+                    applied: applied as u32,
+                })
+            }
+            Body::Fetch(fetch) => {
+                let entries = fetch
+                    .ids
+                    .iter()
+                    .take(1_000)
+                    .filter_map(|id| self.store.entry(id).map(|e| to_record(id, &e)))
+                    .collect();
+                Body::Entries(Entries {
+                    entries,
+                    more: false,
+                })
+            }
+            Body::Propose(propose) => {
+                let Ok(proposal) = stamp_from_wire(propose.proposal, "proposal") else {
+                    return error_reply(Code::InvalidArgument, "proposal without a stamp");
+                };
+                let now = self.store.hlc().clock().now_ms();
+                let ballot = self.vote(
+                    &propose.id,
+                    &propose.slot,
+                    &proposal,
+                    propose.retain_until_ms,
+                    now,
+                );
+                Body::Vote(match ballot {
+                    Ballot::Granted => Vote {
+                        granted: true,
+                        voted_for: None,
+                    },
+                    Ballot::Refused(other) => Vote {
+                        granted: false,
+                        voted_for: Some(stamp_to_wire(&other)),
+                    },
+                })
+            }
+            Body::Decide(decide) => {
+                let Some(op) = decide.op else {
+                    return error_reply(Code::InvalidArgument, "decide without an operation");
+                };
+                debug!(ticket = %tag(&decide.id), from = %from, "deciding for a peer");
+                Body::Decided(match self.decide_here(&decide.id, op).await {
+                    Ok((view, entry)) => Decided {
+                        entry: Some(to_record(&decide.id, &entry)),
+                        ticket: Some(crate::api::ticket(view)),
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(e) => {
+                        let status = crate::api::to_status(e);
+                        Decided {
+                            entry: None,
+                            ticket: None,
+                            code: status.code() as u32,
+                            message: status.message().to_owned(),
+                        }
+                    }
+                })
+            }
+            Body::Digests(_) => Body::DigestsReply(BucketDigests {
+                digests: self.store.digests(),
+                entries: self.store.records() as u64,
+            }),
+            Body::BucketSync(sync) => {
+                self.apply_records(sync.entries);
+                let entries = sync
+                    .buckets
+                    .iter()
+                    .filter(|b| (**b as usize) < crate::store::digest::BUCKETS)
+                    .take(16)
+                    .flat_map(|b| self.store.bucket_entries(*b as usize))
+                    .map(|(id, entry)| to_record(&id, &entry))
+                    .collect();
+                Body::Entries(Entries {
+                    entries,
+                    more: false,
+                })
+            }
+            _ => error_reply(Code::Unimplemented, "not a request"),
+        }
+    }
+
+    fn report_skew(&self, from: &NodeId, skew_ms: i64) {
+        self.stats
+            .clock_skew_reports
+            .fetch_add(1, Ordering::Relaxed);
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let recently = view
+            .skew_logged
+            .iter()
+            .any(|(peer, at)| peer == from && at.elapsed() < Duration::from_secs(10));
+        if !recently {
+            view.skew_logged.retain(|(peer, _)| peer != from);
+            view.skew_logged.push((from.clone(), Instant::now()));
+            warn!(
+                peer = %from,
+                skew_ms,
+                budget_ms = self.config.max_clock_skew.as_millis() as u64,
+                "peer clock is outside the skew budget; fix NTP on the slower or faster node"
+            );
+        }
+    }
+}
+
+/// Handles the peer network's inbound requests.
+#[async_trait::async_trait]
+impl PeerHandler for Replicator {
+    async fn handle(&self, from: NodeId, body: Body) -> Body {
+        self.handle_request(&from, body).await
+    }
+
+    fn clock_reading(&self) -> WireHlc {
+        hlc_to_wire(self.store.hlc().stamp().hlc)
+    }
+
+    fn observe_clock(&self, from: &NodeId, remote: WireHlc) {
+        let remote = hlc_from_wire(remote);
+        let now = self.store.hlc().clock().now_ms();
+        let skew_ms = remote.wall_ms as i64 - now as i64;
+        let budget = self.config.max_clock_skew.as_millis() as i64;
+        if skew_ms.abs() > budget {
+            self.report_skew(from, skew_ms);
+            // A clock far ahead must not drag this node's stamps with it.
+            if skew_ms > 0 {
+                return;
+            }
+        }
+        self.store.hlc().observe(remote);
+    }
+}
+
+/// Push records to one peer in batches.
+async fn push_batches(
+    network: &dyn PeerNetwork,
+    peer: &NodeId,
+    records: Vec<tessera_proto::peer::EntryRecord>,
+) -> Result<(), PeerError> {
+    for batch in records.chunks(PUSH_BATCH) {
+        let body = Body::Push(Push {
+            entries: batch.to_vec(),
+        });
+        match network.call(peer, body).await? {
+            Body::PushAck(_) => {}
+            _ => {
+                return Err(PeerError::Protocol(
+                    peer.to_string(),
+                    "push answered without an ack".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rendezvous (highest random weight) score of a node for a ticket.
+fn rendezvous(node: &NodeId, id: &str) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(node.as_bytes());
+    hasher.update(&[0xff]);
+    hasher.update(id.as_bytes());
+    let hash = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+fn quorum_error(reached: usize, quorum: usize) -> StoreError {
+    StoreError::Unavailable(format!(
+        "write reached {reached} of the {quorum} nodes write_quorum requires; it is kept and will spread when peers return"
+    ))
+}
+
+fn error_reply(code: Code, message: &str) -> Body {
+    Body::Error(ErrorReply {
+        code: code as u32,
+        message: message.to_owned(),
+    })
+}
+
+/// A peer's gRPC-coded failure as a store error.
+fn status_error(code: u32, message: String) -> StoreError {
+    match Code::from_i32(code as i32) {
+        Code::NotFound => StoreError::NotFound,
+        Code::Aborted => StoreError::VersionMismatch {
+            current: message.rsplit(' ').next().unwrap_or_default().to_owned(),
+        },
+        Code::InvalidArgument => StoreError::invalid("request", message),
+        Code::AlreadyExists => StoreError::AlreadyExists(message),
+        Code::FailedPrecondition => StoreError::FailedPrecondition(message),
+        _ => StoreError::Unavailable(message),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! Replication scenarios over the in-memory network: several nodes in one
+//! process, links cut and healed at will.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::clock::{Clock, HlcClock};
+use crate::peer::mem::MemHub;
+use crate::store::{PutTicket, StoreConfig};
+
+const EPOCH: Millis = 1_700_000_000_000;
+
+struct TestCluster {
+    hub: Arc<MemHub>,
+    nodes: Vec<Arc<Replicator>>,
+}
+
+impl TestCluster {
+    fn new(size: usize, config: ReplicationConfig) -> TestCluster {
+        let hub = MemHub::new();
+        let nodes: Vec<Arc<Replicator>> = (0..size)
+            .map(|n| {
+                let node: NodeId = format!("node-{n}").into();
+                let store = Arc::new(Store::new(
+                    StoreConfig::default(),
+                    HlcClock::new(Clock::starting_at(EPOCH), node.clone()),
+                ));
+                let replicator = Replicator::new(store, config.clone());
+                let network = hub.join(node, replicator.clone());
+                replicator.attach(Arc::new(network));
+                replicator
+            })
+            .collect();
+        let cluster = TestCluster { hub, nodes };
+        cluster.set_views(&(0..size).collect::<Vec<_>>());
+        cluster
+    }
+
+    fn id(&self, n: usize) -> NodeId {
+        self.nodes[n].node_id().clone()
+    }
+
+    /// Make each listed node see exactly the listed nodes as live.
+    fn set_views(&self, members: &[usize]) {
+        for &n in members {
+            self.nodes[n].set_members(members.iter().map(|&m| (self.id(m), false)));
+        }
+    }
+
+    /// Partition: `side` cannot reach anyone else, and views follow.
+    fn isolate(&self, side: &[usize]) {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let rest: Vec<usize> = all.iter().copied().filter(|n| !side.contains(n)).collect();
+        for &a in side {
+            for &b in &rest {
+                self.hub.cut(&self.id(a), &self.id(b));
+            }
+        }
+        self.set_views(side);
+        self.set_views(&rest);
+    }
+
+    fn heal(&self) {
+        self.hub.heal_all();
+        self.set_views(&(0..self.nodes.len()).collect::<Vec<_>>());
+    }
+
+    /// Anti-entropy rounds between every pair until nothing differs.
+    async fn converge(&self) {
+        for _ in 0..3 {
+            for a in &self.nodes {
+                for b in &self.nodes {
+                    if a.node_id() != b.node_id() {
+                        let _ = a.sync_with(b.node_id()).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn put(id: &str, ttl_ms: Millis) -> PutTicket {
+    PutTicket {
+        id: id.into(),
+        payload: Bytes::from_static(b"payload"),
+        ttl_ms,
+        ..PutTicket::default()
+    }
+}
+
+fn single_use(id: &str) -> PutTicket {
+    PutTicket {
+        max_uses: 1,
+        ..put(id, 10_000)
+    }
+}
+
+#[tokio::test]
+async fn a_put_on_one_node_is_readable_on_another_even_before_the_push() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    // The push from node 0 to node 2 is lost; node 1 gets it (quorum 2).
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    for n in 0..200 {
+        let id = format!("ST-{n}");
+        cluster.nodes[0].put(single_use(&id)).await.unwrap();
+        let got = cluster.nodes[2].consume(&id).await.unwrap();
+        assert_eq!(got.uses, 1, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_consumes_through_three_nodes_succeed_exactly_once() {
+    let cluster = Arc::new(TestCluster::new(3, ReplicationConfig::default()));
+    for n in 0..1_000 {
+        cluster.nodes[n % 3]
+            .put(single_use(&format!("ST-{n}")))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for n in 0..1_000 {
+        for node in 0..3 {
+            let cluster = cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("ST-{n}");
+                (n, cluster.nodes[node].consume(&id).await.is_ok())
+            }));
+        }
+    }
+    let mut successes = vec![0; 1_000];
+    for task in tasks {
+        let (n, ok) = task.await.unwrap();
+        successes[n] += usize::from(ok);
+    }
+    let wrong: Vec<_> = successes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s != 1)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "tickets without exactly one success: {wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_minority_side_refuses_consumes_and_the_majority_decides() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    for n in 0..20 {
+        cluster.nodes[0]
+            .put(single_use(&format!("ST-{n}")))
+            .await
+            .unwrap();
+    }
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    for n in 0..10 {
+        let err = cluster.nodes[2]
+            .consume(&format!("ST-{n}"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("majority")),
+            "{err}"
+        );
+    }
+    for n in 0..20 {
+        cluster.nodes[n % 2]
+            .consume(&format!("ST-{n}"))
+            .await
+            .unwrap();
+    }
+    cluster.heal();
+    cluster.converge().await;
+    for n in 0..20 {
+        for node in &cluster.nodes {
+            assert!(
+                node.get(&format!("ST-{n}")).await.is_err(),
+                "used once, dead everywhere"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_logout_during_a_partition_wins_over_touches_on_the_other_side() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0]
+        .put(PutTicket {
+            principal: Some("alice".into()),
+            ..put("TGT-1", 60_000)
+        })
+        .await
+        .unwrap();
+    cluster.nodes[0]
+        .put(PutTicket {
+            parent: Some("TGT-1".into()),
+            ..put("PGT-1", 60_000)
+        })
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    assert_eq!(cluster.nodes[0].delete("TGT-1").await.unwrap(), 2);
+    // The other side keeps using the session and even grants from it.
+    cluster.nodes[2].touch("TGT-1").await.unwrap();
+    cluster.nodes[2]
+        .update(
+            "TGT-1",
+            UpdateTicket {
+                payload: Some(Bytes::from_static(b"new")),
+                ..UpdateTicket::default()
+            },
+        )
+        .await
+        .unwrap();
+    cluster.nodes[2]
+        .put(PutTicket {
+            parent: Some("TGT-1".into()),
+            ..put("ST-9", 10_000)
+        })
+        .await
+        .unwrap();
+    cluster.heal();
+    cluster.converge().await;
+    for node in &cluster.nodes {
+        for id in ["TGT-1", "PGT-1", "ST-9"] {
+            assert_eq!(
+                node.get(id).await.unwrap_err(),
+                StoreError::NotFound,
+                "{id}"
+            );
+        }
+        assert_eq!(node.store().count().total, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_missed_a_delete_never_brings_the_ticket_back() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0].put(put("TGT-1", 60_000)).await.unwrap();
+    cluster.converge().await;
+    cluster.hub.leave(&cluster.id(2)); // node 2 is down
+    cluster.set_views(&[0, 1]);
+    cluster.nodes[0].delete("TGT-1").await.unwrap();
+    // Node 2 comes back with its stale copy.
+    cluster.hub.join(cluster.id(2), cluster.nodes[2].clone());
+    cluster.heal();
+    cluster.converge().await;
+    for node in &cluster.nodes {
+        assert!(node.get("TGT-1").await.is_err());
+    }
+    assert_eq!(
+        cluster.nodes[0].store().digests(),
+        cluster.nodes[2].store().digests()
+    );
+}
+
+#[tokio::test]
+async fn anti_entropy_catches_up_a_new_node_in_bulk() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    // Node 2 is away while 2,000 tickets are written.
+    cluster.isolate(&[2]);
+    for n in 0..2_000 {
+        cluster.nodes[n % 2]
+            .put(put(&format!("ST-{n}"), 60_000))
+            .await
+            .unwrap();
+    }
+    cluster.heal();
+    let report = cluster.nodes[2].sync_with(&cluster.id(0)).await.unwrap();
+    assert!(report.entries_received >= 2_000, "{report:?}");
+    assert_eq!(cluster.nodes[2].store().count().total, 2_000);
+    assert_eq!(
+        cluster.nodes[0].store().digests(),
+        cluster.nodes[2].store().digests()
+    );
+    let again = cluster.nodes[2].sync_with(&cluster.id(0)).await.unwrap();
+    assert_eq!(again.buckets_differing, 0, "nothing left to repair");
+}
+
+#[tokio::test]
+async fn write_quorum_all_fails_loudly_when_a_peer_is_unreachable() {
+    let config = ReplicationConfig {
+        write_quorum: WriteQuorum::All,
+        call_timeout: Duration::from_millis(200),
+        ..ReplicationConfig::default()
+    };
+    let cluster = TestCluster::new(3, config);
+    cluster.nodes[0].put(put("ST-1", 10_000)).await.unwrap();
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    let err = cluster.nodes[0].put(put("ST-2", 10_000)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("2 of the 3")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_updates_have_one_winner_per_version() {
+    let cluster = Arc::new(TestCluster::new(3, ReplicationConfig::default()));
+    for n in 0..100 {
+        cluster.nodes[0]
+            .put(put(&format!("TGT-{n}"), 60_000))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for n in 0..100 {
+        let version = cluster.nodes[0]
+            .get(&format!("TGT-{n}"))
+            .await
+            .unwrap()
+            .version;
+        for node in 0..3 {
+            let cluster = cluster.clone();
+            let version = version.clone();
+            tasks.push(tokio::spawn(async move {
+                let update = UpdateTicket {
+                    payload: Some(Bytes::from(format!("from {node}"))),
+                    if_version: Some(version),
+                    ..UpdateTicket::default()
+                };
+                (
+                    n,
+                    cluster.nodes[node]
+                        .update(&format!("TGT-{n}"), update)
+                        .await
+                        .is_ok(),
+                )
+            }));
+        }
+    }
+    let mut wins = vec![0; 100];
+    for task in tasks {
+        let (n, ok) = task.await.unwrap();
+        wins[n] += usize::from(ok);
+    }
+    assert!(wins.iter().all(|w| *w == 1), "{wins:?}");
+}
+
+#[test]
+fn write_quorum_parses() {
+    assert_eq!("all".parse(), Ok(WriteQuorum::All));
+    assert_eq!("2".parse(), Ok(WriteQuorum::Nodes(2)));
+    assert!("0".parse::<WriteQuorum>().is_err());
+    assert!("most".parse::<WriteQuorum>().is_err());
+}

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["tessera/v1/ticket_store.proto", "tessera/peer/v1/peer.proto"];
+    let files = [
+        "tessera/v1/ticket_store.proto",
+        "tessera/peer/v1/peer.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

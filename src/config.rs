@@ -2,11 +2,12 @@
 //! `TESSERA_*` environment variables and flags (the CLI applies those last two).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::replication::{ReplicationConfig, WriteQuorum};
 use crate::store::StoreConfig;
 use crate::ticket::Limits;
 
@@ -32,7 +33,54 @@ pub struct NodeConfig {
     pub max_clock_skew: Duration,
     /// Lock shards of the store.
     pub shards: usize,
+
+    // ---- cluster ----
+    /// How peers are found: `none` (a single node), `static` or `dns`.
+    /// Unset: `static` when seeds are given, `dns` when a DNS name is, else `none`.
+    pub discovery: Option<DiscoveryMode>,
+    /// Gossip addresses of other nodes (`host:port`), for static discovery.
+    pub seeds: Vec<String>,
+    /// A name whose A/AAAA records are all the nodes (port: the gossip port).
+    pub dns_name: Option<String>,
+    /// UDP gossip address [default: the listen host, port 7946].
+    pub gossip_listen: Option<SocketAddr>,
+    /// TCP peer (data plane) address [default: the listen host, port 7947].
+    pub peer_listen: Option<SocketAddr>,
+    /// Host or IP peers and clients should use for this node
+    /// [default: the listen host; required when it is 0.0.0.0].
+    pub advertise: Option<String>,
+    /// Cluster size that majorities are counted against, at least.
+    pub expected_size: usize,
+    /// Nodes that must hold a write before it is acknowledged: a number or `all`
+    /// [default: 2 when at least 2 nodes are live, else 1].
+    #[serde(deserialize_with = "write_quorum")]
+    pub write_quorum: WriteQuorum,
+    /// File holding the cluster secret (at least 32 bytes, not world-readable).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Gossip round interval; the failure detector follows it.
+    #[serde(deserialize_with = "duration")]
+    pub gossip_interval: Duration,
+    /// Anti-entropy round interval.
+    #[serde(deserialize_with = "duration")]
+    pub anti_entropy_interval: Duration,
+    /// Discovery refresh interval.
+    #[serde(deserialize_with = "duration")]
+    pub discovery_interval: Duration,
 }
+
+/// How a node finds its peers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    None,
+    Static,
+    Dns,
+}
+
+/// Default gossip port.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default peer (data plane) port.
+pub const DEFAULT_PEER_PORT: u16 = 7947;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -44,6 +92,18 @@ impl Default for NodeConfig {
             max_ttl: store.limits.max_ttl,
             max_clock_skew: Duration::from_millis(store.skew_budget_ms),
             shards: store.shards,
+            discovery: None,
+            seeds: Vec::new(),
+            dns_name: None,
+            gossip_listen: None,
+            peer_listen: None,
+            advertise: None,
+            expected_size: 1,
+            write_quorum: WriteQuorum::Default,
+            cluster_secret_file: None,
+            gossip_interval: Duration::from_millis(500),
+            anti_entropy_interval: Duration::from_secs(2),
+            discovery_interval: Duration::from_secs(10),
         }
     }
 }
@@ -108,7 +168,75 @@ impl NodeConfig {
         if self.shards == 0 || self.shards > 4096 {
             return invalid("shards", "must be between 1 and 4096".into());
         }
+        if self.expected_size == 0 || self.expected_size > 1024 {
+            return invalid("expected_size", "must be between 1 and 1024".into());
+        }
+        if let WriteQuorum::Nodes(n) = self.write_quorum
+            && n > 1024
+        {
+            return invalid("write_quorum", "must be at most 1024 or 'all'".into());
+        }
+        for (setting, interval) in [
+            ("gossip_interval", self.gossip_interval),
+            ("anti_entropy_interval", self.anti_entropy_interval),
+            ("discovery_interval", self.discovery_interval),
+        ] {
+            if interval < Duration::from_millis(10) || interval > Duration::from_secs(3600) {
+                return invalid(setting, "must be between 10ms and 1h".into());
+            }
+        }
+        match self.discovery_mode() {
+            DiscoveryMode::Static if self.seeds.is_empty() => {
+                return invalid("seeds", "static discovery needs at least one seed".into());
+            }
+            DiscoveryMode::Dns if self.dns_name.as_deref().is_none_or(str::is_empty) => {
+                return invalid("dns_name", "dns discovery needs a name".into());
+            }
+            DiscoveryMode::None => {}
+            _ => {
+                if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+                    return invalid(
+                        "advertise",
+                        "required when listen is 0.0.0.0 or [::] and the node has peers".into(),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The discovery mode in effect (see [`NodeConfig::discovery`]).
+    pub fn discovery_mode(&self) -> DiscoveryMode {
+        match self.discovery {
+            Some(mode) => mode,
+            None if !self.seeds.is_empty() => DiscoveryMode::Static,
+            None if self.dns_name.is_some() => DiscoveryMode::Dns,
+            None => DiscoveryMode::None,
+        }
+    }
+
+    /// Whether this node runs as part of a cluster (gossip, peers, replication).
+    pub fn is_clustered(&self) -> bool {
+        self.discovery_mode() != DiscoveryMode::None
+    }
+
+    pub fn gossip_listen(&self) -> SocketAddr {
+        self.gossip_listen
+            .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), DEFAULT_GOSSIP_PORT))
+    }
+
+    pub fn peer_listen(&self) -> SocketAddr {
+        self.peer_listen
+            .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), DEFAULT_PEER_PORT))
+    }
+
+    pub fn replication_config(&self) -> ReplicationConfig {
+        ReplicationConfig {
+            write_quorum: self.write_quorum,
+            expected_size: self.expected_size,
+            max_clock_skew: self.max_clock_skew,
+            ..ReplicationConfig::default()
+        }
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -137,6 +265,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (examples: 10s, 5m, 8h, 14d)"))
 }
 
+fn write_quorum<'de, D: Deserializer<'de>>(deserializer: D) -> Result<WriteQuorum, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(usize),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Number(n) => n.to_string().parse(),
+        Raw::Text(text) => text.parse(),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -154,6 +296,25 @@ mod tests {
         assert_eq!(config.max_ttl, Duration::from_secs(14 * 24 * 3600));
         assert_eq!(config.max_payload_bytes, 1024 * 1024);
         assert!(toml::from_str::<NodeConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cluster_settings_from_toml() {
+        let config: NodeConfig = toml::from_str(
+            "seeds = [\"a:7946\", \"b:7946\"]\nwrite_quorum = \"all\"\nexpected_size = 3\n",
+        )
+        .unwrap();
+        assert_eq!(config.discovery_mode(), DiscoveryMode::Static);
+        assert_eq!(config.write_quorum, WriteQuorum::All);
+        let config: NodeConfig = toml::from_str("write_quorum = 2\ndiscovery = \"dns\"").unwrap();
+        assert_eq!(config.write_quorum, WriteQuorum::Nodes(2));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("dns_name"), "{err}");
+        assert!(toml::from_str::<NodeConfig>("write_quorum = 0").is_err());
+        assert_eq!(
+            NodeConfig::default().gossip_listen().port(),
+            DEFAULT_GOSSIP_PORT
+        );
     }
 
     #[test]

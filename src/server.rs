@@ -1,20 +1,34 @@
-//! One node, wired together: the store, its workers and the gRPC server
-//! (ticket API, standard health service, server reflection).
+//! One node, wired together: the store and its sweeper, replication, and (in a
+//! cluster) the peer network, gossip membership, discovery and anti-entropy;
+//! then the gRPC server (ticket API, standard health service, reflection).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tessera_proto::v1::ticket_store_server::TicketStoreServer;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::{NodeInfo, TicketApi};
 use crate::clock::{Clock, HlcClock};
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
+use crate::discovery::{
+    Discovery, DiscoveryError, DiscoveryStatus, DiscoveryWorker, DnsDiscovery, StaticDiscovery,
+};
+use crate::membership::{GossipFaults, INSECURE_CLUSTER_ID, Membership, MembershipConfig};
+use crate::peer::NodeId;
+use crate::peer::net::{PeerNet, PeerNetConfig};
+use crate::replication::Replicator;
+use crate::replication::anti_entropy::AntiEntropy;
+use crate::secret::{ClusterSecret, SecretError};
 use crate::store::Store;
 use crate::sweeper::Sweeper;
 use crate::worker::{self, Shutdown};
@@ -27,11 +41,21 @@ const MESSAGE_OVERHEAD: usize = 64 * 1024;
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(
+        "invalid setting cluster_secret_file: a node with peers needs the cluster secret (--cluster-secret-file or TESSERA_CLUSTER_SECRET)"
+    )]
+    SecretMissing,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start gossip: {0}")]
+    Membership(String),
+    #[error("invalid discovery setting: {0}")]
+    Discovery(#[from] DiscoveryError),
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -40,13 +64,34 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// A running node. Dropping it without [`NodeHandle::stop`] stops the workers
-/// but not gracefully.
+/// What a node is started with besides its configuration.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Wall clock (tests pass a paused or shifted one). Default: the system's.
+    pub clock: Option<Clock>,
+    /// The cluster secret, when not read from `cluster_secret_file`.
+    pub secret: Option<ClusterSecret>,
+    /// Drop gossip to and from chosen addresses (in-process partition tests).
+    pub gossip_faults: Option<GossipFaults>,
+}
+
+/// The cluster side of a running node.
+struct ClusterParts {
+    membership: Membership,
+    peer_net: Arc<PeerNet>,
+    gossip_faults: GossipFaults,
+}
+
+/// A running node. Dropping it without [`NodeHandle::stop`] stops it abruptly.
 pub struct NodeHandle {
     api_addr: SocketAddr,
-    store: Arc<Store>,
+    node: Arc<NodeInfo>,
+    cluster: Option<ClusterParts>,
+    gossip_interval: Duration,
     workers: Shutdown,
     worker_tasks: Vec<JoinHandle<()>>,
+    /// Loops that follow membership; aborted on stop.
+    followers: Vec<JoinHandle<()>>,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -58,21 +103,99 @@ impl NodeHandle {
     }
 
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        self.node.replicator.store()
     }
 
-    /// Stop taking calls, let in-flight calls finish, then stop the workers.
+    pub fn replicator(&self) -> &Arc<Replicator> {
+        &self.node.replicator
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node.node_id
+    }
+
+    /// Whether the node has joined and caught up (what health reports).
+    pub fn is_ready(&self) -> bool {
+        self.node.ready.load(Ordering::Acquire)
+    }
+
+    pub fn membership(&self) -> Option<&Membership> {
+        self.cluster.as_ref().map(|c| &c.membership)
+    }
+
+    pub fn peer_net(&self) -> Option<&Arc<PeerNet>> {
+        self.cluster.as_ref().map(|c| &c.peer_net)
+    }
+
+    /// The gossip address (cluster mode).
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.membership().map(Membership::gossip_addr)
+    }
+
+    /// Test hook: cut this node off from `other` (data plane and gossip, this
+    /// side only; cut both sides for a symmetric partition).
+    pub fn cut_from(&self, other: &NodeHandle) {
+        if let (Some(mine), Some(theirs)) = (&self.cluster, &other.cluster) {
+            mine.peer_net.block(other.node.node_id.as_str().into());
+            mine.gossip_faults.block(theirs.membership.gossip_addr());
+        }
+    }
+
+    /// Test hook: heal every cut made on this side.
+    pub fn heal(&self) {
+        if let Some(mine) = &self.cluster {
+            mine.gossip_faults.unblock_all();
+            for member in mine.membership.all_members() {
+                mine.peer_net.unblock(&member.node_id);
+            }
+        }
+    }
+
+    /// Leave gracefully: announce draining, refuse new calls, let in-flight
+    /// calls finish, then stop gossip, peers and workers. Every ticket already
+    /// lives on the other nodes, so nothing is lost.
     pub async fn stop(mut self) -> Result<(), ServerError> {
+        self.node.draining.store(true, Ordering::Release);
+        self.node.ready.store(false, Ordering::Release);
+        if let Some(cluster) = &self.cluster {
+            cluster.membership.set_draining().await;
+            cluster.membership.set_ready(false).await;
+            // Let peers see it and stop routing decisions here.
+            tokio::time::sleep(self.gossip_interval * 2).await;
+        }
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
         let served = (&mut self.server).await;
+        for follower in self.followers.drain(..) {
+            follower.abort();
+        }
+        if let Some(cluster) = self.cluster.take() {
+            cluster.membership.shutdown().await;
+            cluster.peer_net.shutdown().await;
+        }
         self.workers.stop();
         for task in self.worker_tasks.drain(..) {
             let _ = task.await;
         }
         info!("node stopped");
         Ok(served??)
+    }
+
+    /// Stop at once, as a crash would: no draining, no goodbye.
+    pub async fn kill(mut self) {
+        self.server.abort();
+        for follower in self.followers.drain(..) {
+            follower.abort();
+        }
+        if let Some(cluster) = self.cluster.take() {
+            cluster.membership.crash().await;
+            cluster.peer_net.shutdown().await;
+        }
+        self.workers.stop();
+        for task in self.worker_tasks.drain(..) {
+            task.abort();
+        }
     }
 
     /// Wait until the server stops by itself (it only does on error).
@@ -84,20 +207,48 @@ impl NodeHandle {
 impl Drop for NodeHandle {
     fn drop(&mut self) {
         self.workers.stop();
+        for follower in &self.followers {
+            follower.abort();
+        }
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
     }
 }
 
-/// Start a node with the system clock.
+/// Start a node with the system clock, its secret from the configuration.
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, ServerError> {
-    start_with_clock(config, Clock::system()).await
+    start_with(config, NodeOptions::default()).await
 }
 
 /// Start a node on a given clock (tests pass a paused or shifted one).
 pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> Result<NodeHandle, ServerError> {
+    start_with(
+        config,
+        NodeOptions {
+            clock: Some(clock),
+            ..NodeOptions::default()
+        },
+    )
+    .await
+}
+
+pub async fn start_with(
+    config: NodeConfig,
+    options: NodeOptions,
+) -> Result<NodeHandle, ServerError> {
     config.validate()?;
+    let secret = match (&options.secret, &config.cluster_secret_file) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(path)) => Some(ClusterSecret::from_file(path)?),
+        (None, None) => None,
+    };
+    if config.is_clustered() && secret.is_none() {
+        return Err(ServerError::SecretMissing);
+    }
+    if let Some(secret) = &secret {
+        crate::redact::set_key(secret.log_tag_key());
+    }
     let incoming = TcpIncoming::bind(config.listen)
         .map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -109,21 +260,74 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> Result<NodeHa
         addr: config.listen,
         source,
     })?;
+    let advertise_ip = advertise_ip(&config, api_addr.ip()).await?;
 
+    let clock = options.clock.clone().unwrap_or_else(Clock::system);
     let hlc = HlcClock::new(clock, config.node_id.as_str().into());
     let store = Arc::new(Store::new(config.store_config(), hlc));
+    let replicator = Replicator::new(store.clone(), config.replication_config());
     let workers = Shutdown::new();
-    let worker_tasks = vec![worker::spawn(Sweeper::new(store.clone()), &workers)];
+    let mut worker_tasks = vec![worker::spawn(Sweeper::new(store.clone()), &workers)];
+    let mut followers = Vec::new();
+    let advertised_api = SocketAddr::new(advertise_ip, api_addr.port());
 
-    let node = NodeInfo {
-        node_id: config.node_id.clone(),
-        api_addr: api_addr.to_string(),
+    let cluster = match (config.is_clustered(), &secret) {
+        (true, Some(secret)) => Some(
+            start_cluster(
+                &config,
+                secret,
+                &options,
+                &replicator,
+                advertise_ip,
+                advertised_api,
+            )
+            .await?,
+        ),
+        _ => None,
     };
+
+    let node = Arc::new(NodeInfo {
+        node_id: config.node_id.clone(),
+        api_addr: advertised_api.to_string(),
+        replicator: replicator.clone(),
+        membership: cluster.as_ref().map(|c| c.membership.clone()),
+        draining: AtomicBool::new(false),
+        ready: AtomicBool::new(cluster.is_none()),
+    });
+
     let max_message = config.max_payload_bytes + MESSAGE_OVERHEAD;
-    let api = TicketStoreServer::new(TicketApi::new(store.clone(), node))
-        .max_decoding_message_size(max_message);
+    let api =
+        TicketStoreServer::new(TicketApi::new(node.clone())).max_decoding_message_size(max_message);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TicketStoreServer<TicketApi>>().await;
+    set_health(&health, node.ready.load(Ordering::Acquire)).await;
+
+    if let Some(parts) = &cluster {
+        let discovery = discovery_for(&config)?;
+        let (discovery_worker, discovery_status) = DiscoveryWorker::new(
+            discovery,
+            parts.membership.clone(),
+            parts.membership.gossip_addr(),
+            config.discovery_interval,
+        );
+        worker_tasks.push(worker::spawn(discovery_worker, &workers));
+        let anti_entropy = AntiEntropy::new(replicator.clone(), config.anti_entropy_interval);
+        let synced = anti_entropy.synced_flag();
+        worker_tasks.push(worker::spawn(anti_entropy, &workers));
+        followers.push(tokio::spawn(follow_membership(
+            parts.membership.clone(),
+            parts.peer_net.clone(),
+            replicator.clone(),
+        )));
+        followers.push(tokio::spawn(report_readiness(
+            node.clone(),
+            parts.membership.clone(),
+            discovery_status,
+            synced,
+            health.clone(),
+            config.expected_size,
+        )));
+    }
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -135,9 +339,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> Result<NodeHa
         let shutdown = async move {
             let _ = stopped.await;
             // Load balancers see NOT_SERVING while in-flight calls finish.
-            health
-                .set_not_serving::<TicketStoreServer<TicketApi>>()
-                .await;
+            set_health(&health, false).await;
             info!("shutting down: finishing in-flight calls");
         };
         Server::builder()
@@ -149,13 +351,210 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> Result<NodeHa
             .await
             .inspect_err(|e| warn!(error = %e, "gRPC server stopped"))
     });
-    info!(node_id = %config.node_id, api = %api_addr, "node serving");
+    info!(
+        node_id = %config.node_id,
+        api = %api_addr,
+        cluster = cluster.is_some(),
+        "node serving"
+    );
     Ok(NodeHandle {
         api_addr,
-        store,
+        node,
+        cluster,
+        gossip_interval: config.gossip_interval,
         workers,
         worker_tasks,
+        followers,
         stop_server: Some(stop_server),
         server,
     })
+}
+
+/// The address peers and clients should use for this node.
+async fn advertise_ip(config: &NodeConfig, listen_ip: IpAddr) -> Result<IpAddr, ServerError> {
+    let Some(host) = &config.advertise else {
+        return Ok(listen_ip);
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let resolved = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next());
+    resolved.map(|a| a.ip()).ok_or_else(|| {
+        ServerError::Config(ConfigError::Invalid {
+            setting: "advertise",
+            reason: format!("'{host}' does not resolve to an address"),
+        })
+    })
+}
+
+async fn start_cluster(
+    config: &NodeConfig,
+    secret: &ClusterSecret,
+    options: &NodeOptions,
+    replicator: &Arc<Replicator>,
+    advertise_ip: IpAddr,
+    advertised_api: SocketAddr,
+) -> Result<ClusterParts, ServerError> {
+    let generation = crate::membership::new_generation();
+    let peer_listen = config.peer_listen();
+    let peer_net = PeerNet::start(
+        PeerNetConfig::new(
+            config.node_id.as_str().into(),
+            generation,
+            peer_listen,
+            secret.peer_psk(),
+            // A push of a batch of large tickets, or a bucket during catch-up.
+            config.max_payload_bytes * 4 + 4 * 1024 * 1024,
+        ),
+        replicator.clone(),
+    )
+    .await
+    .map_err(|source| ServerError::Bind {
+        addr: peer_listen,
+        source,
+    })?;
+    replicator.attach(peer_net.clone());
+    let peer_addr = SocketAddr::new(advertise_ip, peer_net.local_addr().port());
+
+    let gossip_listen = config.gossip_listen();
+    let seeds = match config.discovery_mode() {
+        DiscoveryMode::Static => config.seeds.clone(),
+        _ => Vec::new(),
+    };
+    let mut membership_config = MembershipConfig::new(
+        config.node_id.as_str(),
+        secret.gossip_cluster_id(),
+        gossip_listen,
+        advertised_api.to_string(),
+        peer_addr,
+    );
+    membership_config.generation = generation;
+    membership_config.gossip_advertise = SocketAddr::new(advertise_ip, gossip_listen.port());
+    membership_config.seeds = seeds;
+    membership_config.gossip_interval = config.gossip_interval;
+    membership_config.failure_detector_initial_interval = config.gossip_interval;
+    if membership_config.cluster_id == INSECURE_CLUSTER_ID {
+        warn!("gossip runs without a cluster id derived from a secret");
+    }
+    let gossip_faults = options.gossip_faults.clone().unwrap_or_default();
+    let membership = Membership::start_with_faults(membership_config, gossip_faults.clone())
+        .await
+        .map_err(|e| ServerError::Membership(e.to_string()))?;
+    Ok(ClusterParts {
+        membership,
+        peer_net,
+        gossip_faults,
+    })
+}
+
+fn discovery_for(config: &NodeConfig) -> Result<Arc<dyn Discovery>, ServerError> {
+    Ok(match config.discovery_mode() {
+        DiscoveryMode::Dns => Arc::new(DnsDiscovery::new(
+            config.dns_name.clone().unwrap_or_default(),
+            config.gossip_listen().port(),
+        )),
+        _ => Arc::new(StaticDiscovery::new(config.seeds.clone())?),
+    })
+}
+
+/// Keep the peer network's addresses and replication's view in step with
+/// membership.
+async fn follow_membership(
+    membership: Membership,
+    peer_net: Arc<PeerNet>,
+    replicator: Arc<Replicator>,
+) {
+    let me: NodeId = membership.node_id().clone();
+    let mut changes = membership.subscribe();
+    let mut known: HashMap<NodeId, SocketAddr> = HashMap::new();
+    loop {
+        let live = changes.borrow_and_update().clone();
+        let mut current = HashMap::new();
+        for member in &live {
+            if member.node_id == me {
+                continue;
+            }
+            if let Some(addr) = member.peer_addr {
+                current.insert(member.node_id.clone(), addr);
+            }
+        }
+        for (node, addr) in &current {
+            if known.get(node) != Some(addr) {
+                peer_net.set_peer_addr(node.clone(), *addr);
+            }
+        }
+        for node in known.keys() {
+            if !current.contains_key(node) {
+                peer_net.remove_peer(node);
+            }
+        }
+        known = current;
+        replicator.set_members(
+            live.iter()
+                .filter(|m| known.contains_key(&m.node_id))
+                .map(|m| (m.node_id.clone(), m.draining)),
+        );
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Ready means: not draining, discovery answered, and caught up with a peer,
+/// or alone by design (nothing discovered and an expected size of 1). Never a
+/// silent cluster of one because discovery failed.
+async fn report_readiness(
+    node: Arc<NodeInfo>,
+    membership: Membership,
+    discovery: watch::Receiver<DiscoveryStatus>,
+    synced: Arc<AtomicBool>,
+    health: HealthReporter,
+    expected_size: usize,
+) {
+    let mut last = None;
+    let mut ticks = 0u64;
+    loop {
+        let alone_by_design = expected_size <= 1
+            && matches!(&*discovery.borrow(), DiscoveryStatus::Found { peers } if peers.is_empty())
+            && membership.live_members().len() <= 1;
+        let discovered = !matches!(&*discovery.borrow(), DiscoveryStatus::Starting);
+        let ready = !node.draining.load(Ordering::Acquire)
+            && discovered
+            && (synced.load(Ordering::Acquire) || alone_by_design);
+        node.ready.store(ready, Ordering::Release);
+        if last != Some(ready) {
+            membership.set_ready(ready).await;
+            set_health(&health, ready).await;
+            info!(ready, "readiness changed");
+            last = Some(ready);
+        }
+        if ticks.is_multiple_of(25) {
+            membership
+                .set_tickets(node.replicator.store().count().total)
+                .await;
+        }
+        ticks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Report readiness for the ticket service and for the server as a whole
+/// (service name ""), which is what most load balancers ask about.
+async fn set_health(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if serving {
+        health.set_serving::<TicketStoreServer<TicketApi>>().await;
+    } else {
+        health
+            .set_not_serving::<TicketStoreServer<TicketApi>>()
+            .await;
+    }
 }

@@ -1,13 +1,16 @@
-//! The client API: the `tessera.v1.TicketStore` gRPC service over the store.
+//! The client API: the `tessera.v1.TicketStore` gRPC service.
 //!
-//! Handlers only translate: wire types in, store call, wire types out. Store
-//! calls are short and synchronous (a shard lock each), so they run inline.
+//! Handlers only translate: wire types in, a call to replication (writes and
+//! reads that may need peers) or to the local store (counts, listings), wire
+//! types out. A draining node refuses new calls with UNAVAILABLE "draining",
+//! which clients fail over on.
 
 mod convert;
 mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tessera_proto::v1::ticket_store_server::TicketStore;
 use tessera_proto::v1::{
@@ -20,6 +23,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::membership::Membership;
+use crate::replication::Replicator;
 use crate::store::{ListCursor, ListFilter, Store};
 use convert::{put_ticket, update_ticket};
 pub use convert::{ticket, ticket_view};
@@ -29,22 +34,39 @@ pub use status::to_status;
 /// beyond what the client has read, whatever the store holds.
 const LIST_PAGE: usize = 256;
 
-/// What `Members` reports about this node.
-#[derive(Clone, Debug)]
+/// What the API needs to know about its node.
 pub struct NodeInfo {
     pub node_id: String,
     pub api_addr: String,
+    pub replicator: Arc<Replicator>,
+    /// Cluster membership (absent on a single node).
+    pub membership: Option<Membership>,
+    /// Set when the node starts leaving: new calls are refused.
+    pub draining: AtomicBool,
+    /// Whether the node has joined and caught up.
+    pub ready: AtomicBool,
 }
 
 /// The gRPC service.
 pub struct TicketApi {
+    node: Arc<NodeInfo>,
     store: Arc<Store>,
-    node: NodeInfo,
 }
 
 impl TicketApi {
-    pub fn new(store: Arc<Store>, node: NodeInfo) -> TicketApi {
-        TicketApi { store, node }
+    pub fn new(node: Arc<NodeInfo>) -> TicketApi {
+        let store = node.replicator.store().clone();
+        TicketApi { node, store }
+    }
+
+    fn serving(&self) -> Result<&Replicator, Status> {
+        if self.node.draining.load(Ordering::Acquire) {
+            Err(Status::unavailable(
+                "draining: this node is shutting down; use another node",
+            ))
+        } else {
+            Ok(&self.node.replicator)
+        }
     }
 }
 
@@ -53,85 +75,82 @@ type TicketStream = Pin<Box<dyn Stream<Item = Result<Ticket, Status>> + Send>>;
 #[tonic::async_trait]
 impl TicketStore for TicketApi {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<Ticket>, Status> {
-        let written = self
-            .store
+        let view = self
+            .serving()?
             .put(put_ticket(request.into_inner()))
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(ticket(written.value)))
+        Ok(Response::new(ticket(view)))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Ticket>, Status> {
         let view = self
-            .store
+            .serving()?
             .get(&request.into_inner().id)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(ticket(view)))
     }
 
     async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<Ticket>, Status> {
-        let written = self
-            .store
+        let view = self
+            .serving()?
             .touch(&request.into_inner().id)
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(ticket(written.value)))
+        Ok(Response::new(ticket(view)))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<Ticket>, Status> {
-        let written = self
-            .store
+        let view = self
+            .serving()?
             .consume(&request.into_inner().id)
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(ticket(written.value)))
+        Ok(Response::new(ticket(view)))
     }
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<Ticket>, Status> {
         let request = request.into_inner();
         let id = request.id.clone();
-        let written = self
-            .store
+        let view = self
+            .serving()?
             .update(&id, update_ticket(request))
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(ticket(written.value)))
+        Ok(Response::new(ticket(view)))
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let written = self
-            .store
+        let deleted = self
+            .serving()?
             .delete(&request.into_inner().id)
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(DeleteResponse {
-            deleted: written.value,
-        }))
+        Ok(Response::new(DeleteResponse { deleted }))
     }
 
     async fn delete_all(
         &self,
         _request: Request<DeleteAllRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let store = self.store.clone();
-        // Long for big stores: keep it off the request threads.
-        let written = tokio::task::spawn_blocking(move || store.delete_all())
-            .await
-            .map_err(|e| Status::internal(format!("delete_all failed: {e}")))?;
-        Ok(Response::new(DeleteResponse {
-            deleted: written.value,
-        }))
+        let deleted = self.serving()?.delete_all().await.map_err(to_status)?;
+        Ok(Response::new(DeleteResponse { deleted }))
     }
 
     async fn delete_for(
         &self,
         request: Request<DeleteForRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let written = self
-            .store
+        let deleted = self
+            .serving()?
             .delete_for(&request.into_inner().principal)
+            .await
             .map_err(to_status)?;
-        Ok(Response::new(DeleteResponse {
-            deleted: written.value,
-        }))
+        Ok(Response::new(DeleteResponse { deleted }))
     }
 
     async fn count(
@@ -201,14 +220,38 @@ impl TicketStore for TicketApi {
         &self,
         _request: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        let me = Member {
-            node_id: self.node.node_id.clone(),
-            api_addr: self.node.api_addr.clone(),
-            state: "alive".into(),
-            ready: true,
-            version: env!("CARGO_PKG_VERSION").into(),
-            tickets: self.store.count().total,
+        let Some(membership) = &self.node.membership else {
+            let me = Member {
+                node_id: self.node.node_id.clone(),
+                api_addr: self.node.api_addr.clone(),
+                state: if self.node.draining.load(Ordering::Acquire) {
+                    "draining".into()
+                } else {
+                    "alive".into()
+                },
+                ready: self.node.ready.load(Ordering::Acquire),
+                version: env!("CARGO_PKG_VERSION").into(),
+                tickets: self.store.count().total,
+            };
+            return Ok(Response::new(MembersResponse { members: vec![me] }));
         };
-        Ok(Response::new(MembersResponse { members: vec![me] }))
+        let mut members: Vec<Member> = membership
+            .all_members()
+            .into_iter()
+            .map(|m| Member {
+                tickets: if *m.node_id == *self.node.node_id {
+                    self.store.count().total
+                } else {
+                    m.tickets
+                },
+                node_id: m.node_id.to_string(),
+                api_addr: m.api_addr,
+                state: m.state.as_str().into(),
+                ready: m.ready,
+                version: m.version,
+            })
+            .collect();
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(Response::new(MembersResponse { members }))
     }
 }

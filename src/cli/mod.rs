@@ -64,7 +64,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node (defaults: one node on 127.0.0.1:7070, no other dependency).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a ticket, or replace it unless --create-only.
     Put(PutArgs),
     /// Show a live ticket (records no use, extends nothing).
@@ -168,7 +168,7 @@ pub fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             command => commands::run(&cli.global, command).await,
         }
     });

@@ -10,8 +10,10 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use super::Exit;
-use crate::config::{ConfigError, NodeConfig, parse_duration};
-use crate::server::{self, ServerError};
+use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_duration};
+use crate::replication::WriteQuorum;
+use crate::secret::ClusterSecret;
+use crate::server::{self, NodeOptions, ServerError};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -37,6 +39,46 @@ pub struct ServeArgs {
     /// Lock shards of the store [default: 32].
     #[arg(long, env = "TESSERA_SHARDS")]
     pub shards: Option<usize>,
+    /// How peers are found: none (single node), static or dns
+    /// [default: static with --seeds, dns with --dns-name, else none].
+    #[arg(long, env = "TESSERA_DISCOVERY", value_enum)]
+    pub discovery: Option<DiscoveryMode>,
+    /// Gossip addresses of other nodes, comma-separated host:port (static discovery).
+    #[arg(long, env = "TESSERA_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Name whose A/AAAA records are all the nodes (dns discovery; gossip port).
+    #[arg(long, env = "TESSERA_DNS_NAME")]
+    pub dns_name: Option<String>,
+    /// UDP gossip address [default: the listen host, port 7946].
+    #[arg(long, env = "TESSERA_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// TCP peer (data plane) address [default: the listen host, port 7947].
+    #[arg(long, env = "TESSERA_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Host or IP other nodes and clients use for this node [default: the listen host].
+    #[arg(long, env = "TESSERA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Cluster size majorities are counted against, at least [default: 1; the
+    /// largest membership seen in the last 10 minutes counts too].
+    #[arg(long, env = "TESSERA_EXPECTED_SIZE")]
+    pub expected_size: Option<usize>,
+    /// Nodes that must hold a write before it is acknowledged: N or all
+    /// [default: 2 when at least 2 nodes are live, else 1].
+    #[arg(long, env = "TESSERA_WRITE_QUORUM")]
+    pub write_quorum: Option<WriteQuorum>,
+    /// File holding the cluster secret (32+ bytes, not world-readable); or set
+    /// TESSERA_CLUSTER_SECRET. Required as soon as the node has peers.
+    #[arg(long, env = "TESSERA_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Gossip interval; the failure detector follows it [default: 500ms].
+    #[arg(long, env = "TESSERA_GOSSIP_INTERVAL", value_parser = parse_duration)]
+    pub gossip_interval: Option<Duration>,
+    /// Anti-entropy round interval [default: 2s].
+    #[arg(long, env = "TESSERA_ANTI_ENTROPY_INTERVAL", value_parser = parse_duration)]
+    pub anti_entropy_interval: Option<Duration>,
+    /// Discovery refresh interval [default: 10s].
+    #[arg(long, env = "TESSERA_DISCOVERY_INTERVAL", value_parser = parse_duration)]
+    pub discovery_interval: Option<Duration>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or tessera=debug.
     #[arg(long, env = "TESSERA_LOG", default_value = "info")]
     pub log: String,
@@ -67,6 +109,42 @@ impl ServeArgs {
         if let Some(shards) = self.shards {
             config.shards = shards;
         }
+        if self.discovery.is_some() {
+            config.discovery = self.discovery;
+        }
+        if !self.seeds.is_empty() {
+            config.seeds = self.seeds.clone();
+        }
+        if self.dns_name.is_some() {
+            config.dns_name = self.dns_name.clone();
+        }
+        if self.gossip_listen.is_some() {
+            config.gossip_listen = self.gossip_listen;
+        }
+        if self.peer_listen.is_some() {
+            config.peer_listen = self.peer_listen;
+        }
+        if self.advertise.is_some() {
+            config.advertise = self.advertise.clone();
+        }
+        if let Some(size) = self.expected_size {
+            config.expected_size = size;
+        }
+        if let Some(quorum) = self.write_quorum {
+            config.write_quorum = quorum;
+        }
+        if self.cluster_secret_file.is_some() {
+            config.cluster_secret_file = self.cluster_secret_file.clone();
+        }
+        if let Some(interval) = self.gossip_interval {
+            config.gossip_interval = interval;
+        }
+        if let Some(interval) = self.anti_entropy_interval {
+            config.anti_entropy_interval = interval;
+        }
+        if let Some(interval) = self.discovery_interval {
+            config.discovery_interval = interval;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -91,13 +169,32 @@ pub async fn run(args: ServeArgs) -> Exit {
             return Exit::InvalidInput;
         }
     };
-    let node = match server::start(config).await {
+    // The secret itself may come from the environment (never from a flag: argv is
+    // visible to every user of the machine).
+    let secret = match std::env::var_os("TESSERA_CLUSTER_SECRET") {
+        Some(value) => match ClusterSecret::new(value.as_encoded_bytes()) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                eprintln!("tessera: invalid setting TESSERA_CLUSTER_SECRET: {e}");
+                return Exit::InvalidInput;
+            }
+        },
+        None => None,
+    };
+    let options = NodeOptions {
+        secret,
+        ..NodeOptions::default()
+    };
+    let node = match server::start_with(config, options).await {
         Ok(node) => node,
         Err(e) => {
             error!(error = %e, "cannot start");
             eprintln!("tessera: {e}");
             return match e {
-                ServerError::Config(_) => Exit::InvalidInput,
+                ServerError::Config(_)
+                | ServerError::Secret(_)
+                | ServerError::SecretMissing
+                | ServerError::Discovery(_) => Exit::InvalidInput,
                 _ => Exit::Failed,
             };
         }

@@ -6,7 +6,10 @@
 //! in-memory one used by unit tests ([`mem::MemNetwork`]) both implement it, and
 //! both can cut links, so partition scenarios run the same code either way.
 
+mod frame;
+mod handshake;
 pub mod mem;
+pub mod net;
 
 use std::sync::Arc;
 

@@ -1,0 +1,550 @@
+//! Cluster scenarios: several real nodes in one process on 127.0.0.1 (real gRPC
+//! API, Noise peer connections, chitchat gossip), driven through
+//! `tessera-client`; links are cut and healed, nodes killed and restarted.
+//! Every wait is bounded.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera::config::{DiscoveryMode, NodeConfig};
+use tessera::secret::ClusterSecret;
+use tessera::server::{self, NodeHandle, NodeOptions};
+use tessera::store::PutTicket;
+use tessera_client::{Client, ClientConfig, Error, NewTicket};
+
+const TEN_MIN: Duration = Duration::from_secs(600);
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::new(b"an-example-cluster-secret-of-32-bytes-or-more").expect("secret")
+}
+
+/// A free UDP port on 127.0.0.1 for gossip (chosen up front so every node
+/// can be given every other's address as a seed).
+fn free_gossip_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+}
+
+struct Cluster {
+    nodes: Vec<Option<NodeHandle>>,
+    gossip: Vec<SocketAddr>,
+    secret: ClusterSecret,
+}
+
+impl Cluster {
+    /// Start `size` nodes seeded with each other and wait until all are ready.
+    async fn start(size: usize) -> Cluster {
+        let gossip: Vec<SocketAddr> = (0..size).map(|_| free_gossip_addr()).collect();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            gossip,
+            secret: secret(),
+        };
+        for n in 0..size {
+            let node = cluster.start_node(n).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster.wait_converged_membership().await;
+        cluster
+    }
+
+    fn config(&self, n: usize) -> NodeConfig {
+        NodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            node_id: format!("node-{n}"),
+            discovery: Some(DiscoveryMode::Static),
+            seeds: self.gossip.iter().map(|a| a.to_string()).collect(),
+            gossip_listen: Some(self.gossip[n]),
+            peer_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            anti_entropy_interval: Duration::from_millis(500),
+            discovery_interval: Duration::from_secs(1),
+            ..NodeConfig::default()
+        }
+    }
+
+    async fn start_node(&self, n: usize) -> NodeHandle {
+        server::start_with(
+            self.config(n),
+            NodeOptions {
+                secret: Some(self.secret.clone()),
+                ..NodeOptions::default()
+            },
+        )
+        .await
+        .expect("node starts")
+    }
+
+    fn node(&self, n: usize) -> &NodeHandle {
+        self.nodes[n].as_ref().expect("node running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &NodeHandle> {
+        self.nodes.iter().flatten()
+    }
+
+    async fn client(&self, n: usize) -> Client {
+        Client::connect([self.node(n).api_addr().to_string()])
+            .await
+            .expect("client")
+    }
+
+    /// A client given every running node's address, in order.
+    async fn client_for_all(&self) -> Client {
+        let addrs: Vec<String> = self.running().map(|n| n.api_addr().to_string()).collect();
+        Client::connect_with(
+            addrs,
+            ClientConfig {
+                call_timeout: Duration::from_secs(5),
+                ..ClientConfig::default()
+            },
+        )
+        .await
+        .expect("client")
+    }
+
+    /// Wait (bounded) until every running node sees every running node live
+    /// and reports ready.
+    async fn wait_converged_membership(&self) {
+        let expected: HashSet<String> = self.running().map(|n| n.node_id().to_owned()).collect();
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.running().all(|node| {
+                let live: HashSet<String> = node
+                    .membership()
+                    .map(|m| {
+                        m.live_members()
+                            .iter()
+                            .map(|m| m.node_id.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                node.is_ready() && live == expected
+            })
+        })
+        .await;
+        assert!(ok, "cluster did not form: {}", self.describe());
+    }
+
+    /// Wait (bounded) until every running node holds the same records.
+    async fn wait_converged_data(&self) -> Duration {
+        let start = Instant::now();
+        let ok = wait_until(Duration::from_secs(60), || {
+            let mut digests = self.running().map(|n| n.store().digests());
+            let first = digests.next();
+            digests.all(|d| Some(&d) == first.as_ref())
+        })
+        .await;
+        assert!(ok, "data did not converge: {}", self.describe());
+        start.elapsed()
+    }
+
+    /// Cut every link between `side` and the other running nodes, both ways.
+    fn partition(&self, side: &[usize]) {
+        for (a, node_a) in self.nodes.iter().enumerate() {
+            for (b, node_b) in self.nodes.iter().enumerate() {
+                if let (Some(node_a), Some(node_b)) = (node_a, node_b)
+                    && side.contains(&a) != side.contains(&b)
+                {
+                    node_a.cut_from(node_b);
+                }
+            }
+        }
+    }
+
+    fn heal(&self) {
+        for node in self.running() {
+            node.heal();
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.running()
+            .map(|n| {
+                let live: Vec<String> = n
+                    .membership()
+                    .map(|m| {
+                        m.live_members()
+                            .iter()
+                            .map(|m| m.node_id.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "{}: ready={} live={live:?} records={}",
+                    n.node_id(),
+                    n.is_ready(),
+                    n.store().records()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Stop every running node gracefully, all at once (bounded).
+    async fn stop_all(mut self) {
+        let stops = self
+            .nodes
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|node| tokio::time::timeout(Duration::from_secs(20), node.stop()));
+        for stopped in futures::future::join_all(stops).await {
+            assert!(stopped.is_ok(), "a node did not stop within 20 s");
+        }
+    }
+}
+
+/// Poll `condition` every 50 ms until it holds or `limit` passes.
+async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+fn st(id: &str) -> NewTicket {
+    NewTicket::new(id, Duration::from_secs(60)).max_uses(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_list_each_other() {
+    let cluster = Cluster::start(3).await;
+    for node in cluster.running() {
+        assert_eq!(node.replicator().expected_size(), 3);
+        assert_eq!(node.replicator().peers().len(), 2);
+    }
+    // Readiness travels by gossip: wait until node 0 sees everyone ready.
+    let client = cluster.client(0).await;
+    let mut members = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        members = client.members().await.unwrap();
+        if members.iter().all(|m| m.ready) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
+    assert_eq!(ids, ["node-0", "node-1", "node-2"]);
+    assert!(
+        members.iter().all(|m| m.state == "alive" && m.ready),
+        "{members:?}"
+    );
+    cluster.stop_all().await;
+}
+
+/// Put on one node, consume on another at once: never a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_on_one_node_then_consume_on_another_never_misses() {
+    let cluster = Cluster::start(3).await;
+    let clients = [
+        cluster.client(0).await,
+        cluster.client(1).await,
+        cluster.client(2).await,
+    ];
+    let clients = Arc::new(clients);
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut misses = Vec::new();
+            for n in (worker..10_000).step_by(16) {
+                let id = format!("ST-{n}-ryw");
+                clients[n % 3].put(st(&id)).await.expect("put");
+                if let Err(e) = clients[(n + 1) % 3].consume(&id).await {
+                    misses.push(format!("{id}: {e}"));
+                }
+            }
+            misses
+        }));
+    }
+    let mut misses = Vec::new();
+    for task in tasks {
+        misses.extend(task.await.unwrap());
+    }
+    assert!(
+        misses.is_empty(),
+        "{} misses, e.g. {:?}",
+        misses.len(),
+        &misses[..misses.len().min(5)]
+    );
+    cluster.stop_all().await;
+}
+
+/// 1,000 single-use tickets, each consumed concurrently through 3 nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tickets_raced_through_three_nodes_are_each_consumed_once() {
+    let cluster = Cluster::start(3).await;
+    let clients = Arc::new([
+        cluster.client(0).await,
+        cluster.client(1).await,
+        cluster.client(2).await,
+    ]);
+    for n in 0..1_000 {
+        clients[n % 3]
+            .put(st(&format!("ST-{n}-race")))
+            .await
+            .unwrap();
+    }
+
+    let mut tasks = Vec::new();
+    for n in 0..1_000 {
+        for node in 0..3 {
+            let clients = clients.clone();
+            tasks.push(tokio::spawn(async move {
+                let outcome = clients[node].consume(&format!("ST-{n}-race")).await;
+                (n, outcome)
+            }));
+        }
+    }
+    let mut successes = vec![0u32; 1_000];
+    for task in tasks {
+        let (n, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(ticket) => {
+                assert_eq!(ticket.uses, 1);
+                successes[n] += 1;
+            }
+            Err(Error::NotFound(_)) | Err(Error::Unavailable(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let wrong: Vec<(usize, u32)> = successes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s != 1)
+        .map(|(n, s)| (n, *s))
+        .collect();
+    assert!(wrong.is_empty(), "not exactly one success: {wrong:?}");
+    cluster.stop_all().await;
+}
+
+/// A logout on the majority side of a partition wins over touches and grants
+/// on the minority side; the minority refuses consumes with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_during_a_partition_stays_logged_out_after_the_heal() {
+    let cluster = Cluster::start(3).await;
+    let majority = cluster.client(0).await;
+    let minority = cluster.client(2).await;
+    majority
+        .put(NewTicket::new("TGT-1-part", TEN_MIN).principal("alice"))
+        .await
+        .unwrap();
+    majority
+        .put(st("ST-1-part").parent("TGT-1-part"))
+        .await
+        .unwrap();
+    cluster.wait_converged_data().await;
+
+    cluster.partition(&[2]);
+    let err = minority.consume("ST-1-part").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable(m) if m.contains("majority")),
+        "minority consume: {err}"
+    );
+    assert_eq!(majority.delete_for("alice").await.unwrap(), 2);
+    // Once the minority node sees itself alone, it takes writes again (its
+    // write quorum is then 1) and keeps using the session it still holds.
+    let alone = wait_until(Duration::from_secs(10), || {
+        cluster.node(2).membership().unwrap().live_members().len() == 1
+    })
+    .await;
+    assert!(alone, "{}", cluster.describe());
+    minority
+        .touch("TGT-1-part")
+        .await
+        .expect("the minority still sees the session");
+    // A grant on the minority side, concurrent with the logout.
+    let _ = minority.put(st("ST-2-part").parent("TGT-1-part")).await;
+
+    cluster.heal();
+    let took = cluster.wait_converged_data().await;
+    eprintln!("converged {took:?} after the heal");
+    for n in 0..3 {
+        let client = cluster.client(n).await;
+        for id in ["TGT-1-part", "ST-1-part", "ST-2-part"] {
+            assert!(
+                client.get(id).await.unwrap_err().is_not_found(),
+                "{id} is back on node-{n}"
+            );
+        }
+        assert!(client.sessions_for("alice").await.unwrap().is_empty());
+    }
+    cluster.stop_all().await;
+}
+
+/// kill -9 of a node under a write load: every acknowledged ticket is still
+/// readable on the survivors, and the dead node leaves the live sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_node_kill() {
+    let mut cluster = Cluster::start(3).await;
+    let writer = cluster.client_for_all().await;
+    let writing = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let start = Instant::now();
+        for n in 0..3_000 {
+            if start.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            let id = format!("TGT-{n}-kill");
+            if writer.put(NewTicket::new(&id, TEN_MIN)).await.is_ok() {
+                acked.push(id);
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = cluster.nodes[0].take().expect("node 0");
+    let victim_id = victim.node_id().to_owned();
+    victim.kill().await;
+    let killed_at = Instant::now();
+    let gone = wait_until(Duration::from_secs(10), || {
+        cluster.running().all(|n| {
+            n.membership()
+                .is_some_and(|m| m.live_members().iter().all(|m| *m.node_id != *victim_id))
+        })
+    })
+    .await;
+    assert!(gone, "killed node still live: {}", cluster.describe());
+    let detected = killed_at.elapsed();
+    eprintln!("killed node left every live set after {detected:?}");
+    assert!(detected <= Duration::from_secs(5), "took {detected:?}");
+
+    let acked = writing.await.unwrap();
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    for n in [1, 2] {
+        let client = cluster.client(n).await;
+        let mut lost = Vec::new();
+        for id in &acked {
+            if client.get(id).await.is_err() {
+                lost.push(id.clone());
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "node-{n} lost {} of {} acknowledged tickets, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+    cluster.stop_all().await;
+}
+
+/// A node that joins late (or restarts empty) catches up in bulk before it
+/// reports ready, and then serves reads of old tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_catches_up_before_it_reports_ready() {
+    let mut cluster = Cluster::start(3).await;
+    let late = cluster.nodes[2].take().expect("node 2");
+    late.stop().await.unwrap();
+    // 100,000 tickets written while node 2 is away (through the replication
+    // layer in-process, to keep the test fast).
+    let writer = cluster.node(0).replicator().clone();
+    let mut puts = Vec::new();
+    for chunk in 0..100 {
+        let writer = writer.clone();
+        puts.push(tokio::spawn(async move {
+            for n in chunk * 1_000..(chunk + 1) * 1_000 {
+                writer
+                    .put(PutTicket {
+                        id: format!("TGT-{n}-late"),
+                        ttl_ms: 600_000,
+                        payload: bytes::Bytes::from_static(b"session"),
+                        ..PutTicket::default()
+                    })
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for put in puts {
+        put.await.unwrap();
+    }
+    let restarted_at = Instant::now();
+    cluster.nodes[2] = Some(cluster.start_node(2).await);
+    let ready = wait_until(Duration::from_secs(60), || cluster.node(2).is_ready()).await;
+    assert!(ready, "late node never ready: {}", cluster.describe());
+    let caught_up = restarted_at.elapsed();
+    let held = cluster.node(2).store().count().total;
+    eprintln!("late node ready after {caught_up:?} holding {held} tickets");
+    assert!(held >= 100_000, "ready with only {held} tickets");
+    let client = cluster.client(2).await;
+    client.get("TGT-0-late").await.unwrap();
+    client.get("TGT-99999-late").await.unwrap();
+    cluster.stop_all().await;
+}
+
+/// A process without the secret can reach every port and still neither reads
+/// nor writes a ticket nor joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_secret_never_joins_the_data_plane() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .client(0)
+        .await
+        .put(NewTicket::new("TGT-1-secret", TEN_MIN))
+        .await
+        .unwrap();
+    let mut config = cluster.config(0);
+    config.node_id = "intruder".into();
+    config.gossip_listen = Some(free_gossip_addr());
+    let intruder = server::start_with(
+        config,
+        NodeOptions {
+            secret: Some(
+                ClusterSecret::new(b"a-different-secret-that-is-also-32-bytes-long").unwrap(),
+            ),
+            ..NodeOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!intruder.is_ready(), "the intruder must not catch up");
+    assert!(!intruder.store().holds("TGT-1-secret"));
+    assert_eq!(intruder.store().records(), 0);
+    for node in cluster.running() {
+        let live = node.membership().unwrap().live_members();
+        assert!(
+            live.iter().all(|m| &*m.node_id != "intruder"),
+            "gossip mixed"
+        );
+    }
+    let rejected: u64 = cluster
+        .running()
+        .map(|n| n.peer_net().unwrap().stats().handshakes_rejected)
+        .sum();
+    eprintln!("handshakes rejected: {rejected}");
+    intruder.kill().await;
+    cluster.stop_all().await;
+}
+
+/// Draining: a node stopping gracefully loses nothing, and clients given
+/// every address move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_loses_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client_for_all().await;
+    for n in 0..200 {
+        client
+            .put(NewTicket::new(format!("TGT-{n}-leave"), TEN_MIN))
+            .await
+            .unwrap();
+    }
+    let leaving = cluster.nodes[0].take().unwrap();
+    leaving.stop().await.unwrap();
+    for n in 0..200 {
+        client.get(&format!("TGT-{n}-leave")).await.unwrap();
+    }
+    cluster.stop_all().await;
+}

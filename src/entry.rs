@@ -306,7 +306,6 @@ mod tests {
             payload_offset in 0u64..3,
             payload_logical in 0u32..3,
             payload_node in 0usize..3,
-            idle in proptest::option::of(1u64..50),
             last_used in 0u64..20,
             uses in proptest::collection::vec((0usize..3, 0u64..4), 0..3),
         ) -> Incarnation {
@@ -316,7 +315,9 @@ mod tests {
             } else {
                 stamp(created.hlc.wall_ms + payload_offset, payload_logical, payload_node)
             };
-            let idle = if payload_stamp == created { None } else { idle };
+            // Like the bytes, the idle timeout is a function of the write's stamp.
+            let idle = (payload_stamp != created)
+                .then(|| 1 + payload_stamp.hlc.wall_ms + u64::from(payload_stamp.hlc.logical));
             let mut clock = VClock::new();
             for (node, count) in uses {
                 clock.apply(crdts::Dot::new(Arc::<str>::from(NODES[node]), count));

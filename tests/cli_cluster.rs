@@ -1,0 +1,130 @@
+//! A three-node cluster started from the command line, one node per loopback
+//! address (127.0.0.1, .2, .3) with static seeds, driven through the client.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tessera_client::{Client, NewTicket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+const SECRET: &str = "cli-cluster-test-secret-with-at-least-32-bytes";
+const GOSSIP_PORT: u16 = 17946;
+const PEER_PORT: u16 = 17947;
+
+/// The `tessera serve` processes, killed on drop.
+struct Fleet {
+    nodes: Vec<Option<Child>>,
+    api: Vec<String>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_fleet() -> Fleet {
+    let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    let seeds: Vec<String> = ips.iter().map(|ip| format!("{ip}:{GOSSIP_PORT}")).collect();
+    let mut fleet = Fleet {
+        nodes: Vec::new(),
+        api: Vec::new(),
+    };
+    for (n, ip) in ips.iter().enumerate() {
+        let api = format!("{ip}:{}", free_port(ip));
+        let child = Command::new(BIN)
+            .args(["serve", "--node-id", &format!("cli-node-{n}")])
+            .args(["--listen", &api])
+            .args(["--gossip-listen", &format!("{ip}:{GOSSIP_PORT}")])
+            .args(["--peer-listen", &format!("{ip}:{PEER_PORT}")])
+            .args(["--seeds", &seeds.join(",")])
+            .args(["--expected-size", "3"])
+            .env("TESSERA_CLUSTER_SECRET", SECRET)
+            .env_remove("TESSERA_LISTEN")
+            .env_remove("TESSERA_CLUSTER_SECRET_FILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tessera serve");
+        fleet.nodes.push(Some(child));
+        fleet.api.push(format!("http://{api}"));
+    }
+    fleet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_from_the_command_line() {
+    let mut fleet = start_fleet();
+    let clients = [
+        Client::connect([fleet.api[0].clone()]).await.unwrap(),
+        Client::connect([fleet.api[1].clone()]).await.unwrap(),
+        Client::connect([fleet.api[2].clone()]).await.unwrap(),
+    ];
+
+    // Bounded wait until every node lists three ready members.
+    let start = Instant::now();
+    let mut formed = false;
+    while start.elapsed() < Duration::from_secs(30) && !formed {
+        let mut all = true;
+        for client in &clients {
+            match client.members().await {
+                Ok(members) => all &= members.len() == 3 && members.iter().all(|m| m.ready),
+                Err(_) => all = false,
+            }
+        }
+        formed = all;
+        if !formed {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(formed, "the fleet did not form within 30 s");
+
+    // A session on node 1, a service ticket validated on node 2, once.
+    clients[0]
+        .put(NewTicket::new("TGT-1-cli-cluster", Duration::from_secs(3600)).principal("alice"))
+        .await
+        .unwrap();
+    for n in 0..50 {
+        let id = format!("ST-{n}-cli-cluster");
+        clients[n % 3]
+            .put(
+                NewTicket::new(&id, Duration::from_secs(10))
+                    .parent("TGT-1-cli-cluster")
+                    .max_uses(1),
+            )
+            .await
+            .unwrap();
+        clients[(n + 1) % 3].consume(&id).await.unwrap();
+        assert!(clients[(n + 2) % 3].consume(&id).await.is_err(), "{id} used twice");
+    }
+    assert_eq!(clients[2].sessions_for("ALICE").await.unwrap().len(), 1);
+
+    // Kill -9 node 3: the others carry on with every ticket.
+    let mut victim = fleet.nodes[2].take().expect("node 3");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    clients[1].get("TGT-1-cli-cluster").await.unwrap();
+    assert_eq!(clients[0].delete("TGT-1-cli-cluster").await.unwrap(), 1);
+    assert!(clients[1].get("TGT-1-cli-cluster").await.unwrap_err().is_not_found());
+
+    // The CLI itself, against the two survivors with failover.
+    let out = Command::new(BIN)
+        .args(["count", "--json", "--addr"])
+        .arg(format!("{},{}", fleet.api[2], fleet.api[1]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let count: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(count["total"], 0, "logged out everywhere");
+}

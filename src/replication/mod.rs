@@ -451,6 +451,13 @@ impl Replicator {
                         "the ticket's arbiter failed: {message}"
                     )));
                 }
+                // The arbiter may still be deciding: deciding here too could only
+                // split the votes (never spend twice), so report it instead.
+                Err(PeerError::Timeout(_)) => {
+                    return Err(StoreError::Unavailable(
+                        "the ticket's arbiter did not answer in time; retry".into(),
+                    ));
+                }
                 // Unreachable arbiter: decide here; the votes keep it safe.
                 Err(e) => debug!(error = %e, "arbiter unreachable; deciding locally"),
             }

@@ -348,3 +348,42 @@ fn write_quorum_parses() {
     assert!("0".parse::<WriteQuorum>().is_err());
     assert!("most".parse::<WriteQuorum>().is_err());
 }
+
+#[tokio::test]
+async fn a_peer_clock_outside_the_skew_budget_is_reported_and_not_followed() {
+    let hub = MemHub::new();
+    let make = |name: &str, offset_ms: i64| {
+        let node: NodeId = name.into();
+        let store = Arc::new(Store::new(
+            StoreConfig::default(),
+            HlcClock::new(
+                Clock::starting_at(EPOCH).with_offset(offset_ms),
+                node.clone(),
+            ),
+        ));
+        let replicator = Replicator::new(store, ReplicationConfig::default());
+        replicator.attach(Arc::new(hub.join(node, replicator.clone())));
+        replicator
+    };
+    let honest = make("honest", 0);
+    let fast = make("fast", 5_000);
+    honest.set_members([(fast.node_id().clone(), false)]);
+    fast.set_members([(honest.node_id().clone(), false)]);
+    fast.put(put("ST-1", 60_000)).await.unwrap();
+    assert!(honest.stats.clock_skew_reports.load(Ordering::Relaxed) >= 1);
+    let stamp = honest.store().hlc().stamp();
+    assert!(
+        stamp.hlc.wall_ms < EPOCH + 5_000,
+        "a clock 5 s ahead must not drag this node's stamps along"
+    );
+    // Within the budget, clocks are followed and nothing is reported.
+    let near = make("near", 500);
+    let reports = honest.stats.clock_skew_reports.load(Ordering::Relaxed);
+    honest.set_members([(near.node_id().clone(), false)]);
+    near.set_members([(honest.node_id().clone(), false)]);
+    near.put(put("ST-2", 60_000)).await.unwrap();
+    assert_eq!(
+        honest.stats.clock_skew_reports.load(Ordering::Relaxed),
+        reports
+    );
+}

@@ -36,29 +36,6 @@ impl Default for Limits {
     }
 }
 
-/// A validated put.
-#[derive(Clone, Debug)]
-pub struct NewTicket {
-    pub id: String,
-    pub kind: String,
-    pub principal: Option<String>,
-    pub parent: Option<String>,
-    pub payload: Bytes,
-    pub ttl_ms: Millis,
-    pub idle_ms: Option<Millis>,
-    pub max_uses: u32,
-    pub create_only: bool,
-}
-
-/// A validated update.
-#[derive(Clone, Debug)]
-pub struct TicketUpdate {
-    pub payload: Option<Bytes>,
-    /// `Some(None)` removes the idle timeout.
-    pub idle_ms: Option<Option<Millis>>,
-    pub if_version: Option<String>,
-}
-
 /// A live ticket, as returned to clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TicketView {

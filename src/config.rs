@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub write_quorum: WriteQuorum,
     /// File holding the cluster secret (at least 32 bytes, not world-readable).
     pub cluster_secret_file: Option<PathBuf>,
+    /// File holding the API token clients must present (at least 32 bytes, not
+    /// world-readable). Required as soon as the node has peers; without it a
+    /// single node's API is open.
+    pub api_token_file: Option<PathBuf>,
     /// Gossip round interval; the failure detector follows it.
     #[serde(deserialize_with = "duration")]
     pub gossip_interval: Duration,
@@ -101,6 +105,7 @@ impl Default for NodeConfig {
             expected_size: 1,
             write_quorum: WriteQuorum::Default,
             cluster_secret_file: None,
+            api_token_file: None,
             gossip_interval: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(2),
             discovery_interval: Duration::from_secs(10),
@@ -296,6 +301,12 @@ mod tests {
         assert_eq!(config.max_ttl, Duration::from_secs(14 * 24 * 3600));
         assert_eq!(config.max_payload_bytes, 1024 * 1024);
         assert!(toml::from_str::<NodeConfig>("lisen = \"x\"").is_err());
+        let config: NodeConfig =
+            toml::from_str("api_token_file = \"/run/secrets/tessera-api-token\"").unwrap();
+        assert_eq!(
+            config.api_token_file.as_deref(),
+            Some(Path::new("/run/secrets/tessera-api-token"))
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One node, wired together: the store and its sweeper, replication, and (in a
 //! cluster) the peer network, gossip membership, discovery and anti-entropy;
-//! then the gRPC server (ticket API, standard health service, reflection).
+//! then the gRPC server (ticket API behind its token check, standard health
+//! service, reflection).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,13 +12,15 @@ use std::time::Duration;
 use tessera_proto::v1::ticket_store_server::TicketStoreServer;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use crate::api::{NodeInfo, TicketApi};
+use crate::api::auth::AuthStats;
+use crate::api::{ApiAuth, NodeInfo, TicketApi};
 use crate::clock::{Clock, HlcClock};
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
 use crate::discovery::{
@@ -28,7 +31,7 @@ use crate::peer::NodeId;
 use crate::peer::net::{PeerNet, PeerNetConfig};
 use crate::replication::Replicator;
 use crate::replication::anti_entropy::AntiEntropy;
-use crate::secret::{ClusterSecret, SecretError};
+use crate::secret::{ApiToken, ClusterSecret, SecretError};
 use crate::store::Store;
 use crate::sweeper::Sweeper;
 use crate::worker::{self, Shutdown};
@@ -47,6 +50,14 @@ pub enum ServerError {
         "invalid setting cluster_secret_file: a node with peers needs the cluster secret (--cluster-secret-file or TESSERA_CLUSTER_SECRET)"
     )]
     SecretMissing,
+    #[error(
+        "invalid setting api_token_file: a node with peers needs an API token for its client API (--api-token-file, TESSERA_API_TOKEN_FILE or TESSERA_API_TOKEN)"
+    )]
+    ApiTokenMissing,
+    #[error(
+        "invalid setting api_token_file: the API token must differ from the cluster secret (the token may cross the network in cleartext)"
+    )]
+    ApiTokenIsClusterSecret,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -71,6 +82,8 @@ pub struct NodeOptions {
     pub clock: Option<Clock>,
     /// The cluster secret, when not read from `cluster_secret_file`.
     pub secret: Option<ClusterSecret>,
+    /// The API token, when not read from `api_token_file`.
+    pub api_token: Option<ApiToken>,
     /// Drop gossip to and from chosen addresses (in-process partition tests).
     pub gossip_faults: Option<GossipFaults>,
 }
@@ -86,6 +99,8 @@ struct ClusterParts {
 pub struct NodeHandle {
     api_addr: SocketAddr,
     node: Arc<NodeInfo>,
+    /// Refused ticket API calls (wrong or missing API token).
+    auth: Arc<AuthStats>,
     cluster: Option<ClusterParts>,
     gossip_interval: Duration,
     workers: Shutdown,
@@ -112,6 +127,11 @@ impl NodeHandle {
 
     pub fn node_id(&self) -> &str {
         &self.node.node_id
+    }
+
+    /// Ticket API calls refused for a missing or wrong API token since start.
+    pub fn api_rejections(&self) -> u64 {
+        self.auth.rejections()
     }
 
     /// Whether the node has joined and caught up (what health reports).
@@ -246,6 +266,19 @@ pub async fn start_with(
     if config.is_clustered() && secret.is_none() {
         return Err(ServerError::SecretMissing);
     }
+    let api_token = match (&options.api_token, &config.api_token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(ApiToken::from_file(path)?),
+        (None, None) => None,
+    };
+    if config.is_clustered() && api_token.is_none() {
+        return Err(ServerError::ApiTokenMissing);
+    }
+    if let (Some(token), Some(secret)) = (&api_token, &secret)
+        && token.is_cluster_secret(secret)
+    {
+        return Err(ServerError::ApiTokenIsClusterSecret);
+    }
     if let Some(secret) = &secret {
         crate::redact::set_key(secret.log_tag_key());
     }
@@ -261,6 +294,12 @@ pub async fn start_with(
         source,
     })?;
     let advertise_ip = advertise_ip(&config, api_addr.ip()).await?;
+    if api_token.is_none() && !api_addr.ip().is_loopback() {
+        warn!(
+            api = %api_addr,
+            "the client API is open to anyone who can reach {api_addr}: no API token is set (api_token_file or TESSERA_API_TOKEN)"
+        );
+    }
 
     let clock = options.clock.clone().unwrap_or_else(Clock::system);
     let hlc = HlcClock::new(clock, config.node_id.as_str().into());
@@ -296,8 +335,13 @@ pub async fn start_with(
     });
 
     let max_message = config.max_payload_bytes + MESSAGE_OVERHEAD;
-    let api =
-        TicketStoreServer::new(TicketApi::new(node.clone())).max_decoding_message_size(max_message);
+    let auth = ApiAuth::new(api_token.as_ref());
+    let auth_stats = auth.stats();
+    // The token check wraps the ticket service alone: health and reflection stay open.
+    let api = InterceptedService::new(
+        TicketStoreServer::new(TicketApi::new(node.clone())).max_decoding_message_size(max_message),
+        auth,
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, node.ready.load(Ordering::Acquire)).await;
 
@@ -355,11 +399,13 @@ pub async fn start_with(
         node_id = %config.node_id,
         api = %api_addr,
         cluster = cluster.is_some(),
+        api_token = api_token.is_some(),
         "node serving"
     );
     Ok(NodeHandle {
         api_addr,
         node,
+        auth: auth_stats,
         cluster,
         gossip_interval: config.gossip_interval,
         workers,

@@ -1019,6 +1019,7 @@ async fn after_a_graceful_stop_calls_fail_fast_with_unavailable() {
         ClientConfig {
             call_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
         },
     )
     .await

@@ -39,6 +39,8 @@ fn serve(extra: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
         .args(extra)
         .env_remove("TESSERA_LISTEN")
         .env_remove("TESSERA_ADDR")
+        .env_remove("TESSERA_API_TOKEN")
+        .env_remove("TESSERA_API_TOKEN_FILE")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if !extra.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "TESSERA_LISTEN") {
@@ -61,11 +63,12 @@ fn serve(extra: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
     process
 }
 
-/// Poll `count` until the node answers (bounded: 10 s).
+/// Poll `count` until the node answers (bounded: 10 s). A node with an API
+/// token answers a client without one too: with a refusal, exit 2.
 fn wait_until_serving(addr: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        if tessera(addr, &["count"]).status.success() {
+        if matches!(tessera(addr, &["count"]).status.code(), Some(0 | 2)) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -74,12 +77,21 @@ fn wait_until_serving(addr: &str) {
 }
 
 fn tessera(addr: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
+    tessera_with(addr, args, &[])
+}
+
+/// A client subcommand with these environment variables (and no inherited token).
+fn tessera_with(addr: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .args(["--addr", addr, "--timeout", "2s"])
         .env_remove("TESSERA_ADDR")
-        .output()
-        .expect("run tessera")
+        .env_remove("TESSERA_API_TOKEN");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command.output().expect("run tessera")
 }
 
 fn code(output: &Output) -> i32 {
@@ -302,4 +314,137 @@ fn sigterm_stops_the_node_gracefully() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(exit.code(), Some(0));
+}
+
+const API_TOKEN: &str = "cli-test-api-token-0123456789abcdef";
+
+/// A token file with the given mode.
+#[cfg(unix)]
+fn token_file(mode: u32) -> tempfile::NamedTempFile {
+    use std::os::unix::fs::PermissionsExt;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{API_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    file
+}
+
+#[test]
+fn client_subcommands_send_the_api_token_and_exit_2_without_it() {
+    let node = serve(&[], &[("TESSERA_API_TOKEN", API_TOKEN)]);
+    let addr = node.addr.as_str();
+    let with_token = [("TESSERA_API_TOKEN", API_TOKEN)];
+    let put = tessera_with(addr, &["put", "TGT-1-token", "--ttl", "1h"], &with_token);
+    assert_eq!(code(&put), 0, "{put:?}");
+
+    for args in [
+        &["get", "TGT-1-token"][..],
+        &["put", "TGT-2-token", "--ttl", "1h"],
+        &["consume", "TGT-1-token"],
+        &["delete-all"],
+        &["list"],
+        &["count"],
+    ] {
+        let refused = tessera(addr, args);
+        assert_eq!(code(&refused), 2, "{args:?}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("missing or wrong API token"), "{stderr}");
+        assert!(refused.stdout.is_empty());
+        let wrong = tessera_with(
+            addr,
+            args,
+            &[(
+                "TESSERA_API_TOKEN",
+                "a-wrong-token-of-at-least-32-bytes-long",
+            )],
+        );
+        assert_eq!(code(&wrong), 2, "{args:?}: {wrong:?}");
+        assert!(!String::from_utf8_lossy(&wrong.stderr).contains("a-wrong-token"));
+    }
+    let short = tessera_with(addr, &["count"], &[("TESSERA_API_TOKEN", "short")]);
+    assert_eq!(code(&short), 2);
+    assert!(String::from_utf8_lossy(&short.stderr).contains("TESSERA_API_TOKEN"));
+
+    let count = tessera_with(addr, &["count", "--json"], &with_token);
+    assert_eq!(
+        json_lines(&count)[0],
+        serde_json::json!({"total": 1, "by_kind": {"TGT": 1}}),
+        "nothing written or deleted without the token"
+    );
+
+    #[cfg(unix)]
+    {
+        let private = token_file(0o600);
+        let path = private.path().to_str().unwrap();
+        let got = tessera(addr, &["get", "TGT-1-token", "--token-file", path]);
+        assert_eq!(code(&got), 0, "{got:?}");
+        let readable = token_file(0o644);
+        let path = readable.path().to_str().unwrap();
+        let refused = tessera(addr, &["--token-file", path, "get", "TGT-1-token"]);
+        assert_eq!(code(&refused), 2);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("readable by other users"), "{stderr}");
+    }
+}
+
+#[test]
+fn serve_with_peers_refuses_to_start_without_an_api_token() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--seeds", "127.0.0.1:9"])
+        .args([
+            "--gossip-listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .env(
+            "TESSERA_CLUSTER_SECRET",
+            "cli-test-cluster-secret-0123456789abcdef",
+        )
+        .env_remove("TESSERA_API_TOKEN")
+        .env_remove("TESSERA_API_TOKEN_FILE")
+        .env_remove("TESSERA_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("api_token_file"), "{stderr}");
+
+    // --token-file is the client's flag: serve refuses it rather than ignore it.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token-file"));
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_refuses_a_world_readable_api_token_file() {
+    let readable = token_file(0o644);
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--api-token-file"])
+        .arg(readable.path())
+        .env_remove("TESSERA_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("API token file"), "{stderr}");
+    assert!(stderr.contains("readable by other users"), "{stderr}");
+
+    // Private, it works: the token in the file is required.
+    let private = token_file(0o600);
+    let node = serve(&["--api-token-file", private.path().to_str().unwrap()], &[]);
+    let refused = tessera(&node.addr, &["count"]);
+    assert_eq!(code(&refused), 2, "{refused:?}");
+    let path = private.path().to_str().unwrap();
+    let counted = tessera(&node.addr, &["count", "--token-file", path]);
+    assert_eq!(code(&counted), 0, "{counted:?}");
 }

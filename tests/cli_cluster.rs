@@ -5,10 +5,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera_client::{Client, NewTicket};
+use tessera_client::{Client, ClientConfig, NewTicket};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 const SECRET: &str = "cli-cluster-test-secret-with-at-least-32-bytes";
+const API_TOKEN: &str = "cli-cluster-test-api-token-with-32-bytes-or-more";
 const GOSSIP_PORT: u16 = 17946;
 const PEER_PORT: u16 = 17947;
 
@@ -51,8 +52,10 @@ fn start_fleet() -> Fleet {
             .args(["--seeds", &seeds.join(",")])
             .args(["--expected-size", "3"])
             .env("TESSERA_CLUSTER_SECRET", SECRET)
+            .env("TESSERA_API_TOKEN", API_TOKEN)
             .env_remove("TESSERA_LISTEN")
             .env_remove("TESSERA_CLUSTER_SECRET_FILE")
+            .env_remove("TESSERA_API_TOKEN_FILE")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,11 +69,18 @@ fn start_fleet() -> Fleet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_from_the_command_line() {
     let mut fleet = start_fleet();
-    let clients = [
-        Client::connect([fleet.api[0].clone()]).await.unwrap(),
-        Client::connect([fleet.api[1].clone()]).await.unwrap(),
-        Client::connect([fleet.api[2].clone()]).await.unwrap(),
-    ];
+    let config = ClientConfig {
+        token: Some(API_TOKEN.to_owned()),
+        ..ClientConfig::default()
+    };
+    let mut clients = Vec::new();
+    for api in &fleet.api {
+        clients.push(
+            Client::connect_with([api.clone()], config.clone())
+                .await
+                .unwrap(),
+        );
+    }
 
     // Bounded wait until every node lists three ready members.
     let start = Instant::now();
@@ -106,7 +116,10 @@ async fn a_three_node_cluster_from_the_command_line() {
             .await
             .unwrap();
         clients[(n + 1) % 3].consume(&id).await.unwrap();
-        assert!(clients[(n + 2) % 3].consume(&id).await.is_err(), "{id} used twice");
+        assert!(
+            clients[(n + 2) % 3].consume(&id).await.is_err(),
+            "{id} used twice"
+        );
     }
     assert_eq!(clients[2].sessions_for("ALICE").await.unwrap().len(), 1);
 
@@ -116,15 +129,33 @@ async fn a_three_node_cluster_from_the_command_line() {
     victim.wait().unwrap();
     clients[1].get("TGT-1-cli-cluster").await.unwrap();
     assert_eq!(clients[0].delete("TGT-1-cli-cluster").await.unwrap(), 1);
-    assert!(clients[1].get("TGT-1-cli-cluster").await.unwrap_err().is_not_found());
+    assert!(
+        clients[1]
+            .get("TGT-1-cli-cluster")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 
     // The CLI itself, against the two survivors with failover.
+    let survivors = format!("{},{}", fleet.api[2], fleet.api[1]);
     let out = Command::new(BIN)
-        .args(["count", "--json", "--addr"])
-        .arg(format!("{},{}", fleet.api[2], fleet.api[1]))
+        .args(["count", "--json", "--addr", &survivors])
+        .env("TESSERA_API_TOKEN", API_TOKEN)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let count: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(count["total"], 0, "logged out everywhere");
+
+    // Without the token the CLI is refused, exit 2, and tries no other node.
+    let out = Command::new(BIN)
+        .args(["count", "--addr", &survivors])
+        .env_remove("TESSERA_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing or wrong API token"), "{stderr}");
+    assert!(stderr.contains(&fleet.api[1]), "{stderr}");
 }

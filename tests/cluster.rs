@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera::config::{DiscoveryMode, NodeConfig};
-use tessera::secret::ClusterSecret;
+use tessera::secret::{ApiToken, ClusterSecret};
 use tessera::server::{self, NodeHandle, NodeOptions};
 use tessera::store::PutTicket;
 use tessera_client::{Client, ClientConfig, Error, NewTicket};
@@ -18,6 +18,24 @@ const TEN_MIN: Duration = Duration::from_secs(600);
 
 fn secret() -> ClusterSecret {
     ClusterSecret::new(b"an-example-cluster-secret-of-32-bytes-or-more").expect("secret")
+}
+
+/// The API token every test node requires and every test client sends.
+const API_TOKEN: &str = "an-example-api-token-of-32-bytes-or-more";
+
+fn api_token() -> ApiToken {
+    ApiToken::new(API_TOKEN.as_bytes()).expect("token")
+}
+
+/// Client settings with the cluster's API token.
+/// Clients carry the API token; a generous per-call timeout, because these
+/// tests share 2 cores with each other (the protocol's own bounds are shorter).
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        token: Some(API_TOKEN.to_owned()),
+        call_timeout: Duration::from_secs(15),
+        ..ClientConfig::default()
+    }
 }
 
 /// A free UDP port on 127.0.0.1 for gossip (chosen up front so every node
@@ -70,6 +88,7 @@ impl Cluster {
             self.config(n),
             NodeOptions {
                 secret: Some(self.secret.clone()),
+                api_token: Some(api_token()),
                 ..NodeOptions::default()
             },
         )
@@ -86,7 +105,7 @@ impl Cluster {
     }
 
     async fn client(&self, n: usize) -> Client {
-        Client::connect([self.node(n).api_addr().to_string()])
+        Client::connect_with([self.node(n).api_addr().to_string()], client_config())
             .await
             .expect("client")
     }
@@ -98,7 +117,7 @@ impl Cluster {
             addrs,
             ClientConfig {
                 call_timeout: Duration::from_secs(5),
-                ..ClientConfig::default()
+                ..client_config()
             },
         )
         .await
@@ -235,6 +254,17 @@ async fn three_nodes_form_a_cluster_and_list_each_other() {
         members.iter().all(|m| m.state == "alive" && m.ready),
         "{members:?}"
     );
+    // Every node requires the API token.
+    for node in cluster.running() {
+        let stranger = Client::connect([node.api_addr().to_string()])
+            .await
+            .expect("client");
+        assert!(matches!(
+            stranger.members().await,
+            Err(Error::Unauthenticated(_))
+        ));
+        assert_eq!(node.api_rejections(), 1);
+    }
     cluster.stop_all().await;
 }
 
@@ -292,7 +322,11 @@ async fn a_thousand_tickets_raced_through_three_nodes_are_each_consumed_once() {
             .unwrap();
     }
 
+    // Every ticket is raced by three concurrent consumes, one through each
+    // node; tickets go in waves of 100 (300 calls in flight) so that 2 shared
+    // cores in a debug build measure the protocol, not an overload.
     let mut tasks = Vec::new();
+    let mut outcomes = Vec::new();
     for n in 0..1_000 {
         for node in 0..3 {
             let clients = clients.clone();
@@ -301,11 +335,18 @@ async fn a_thousand_tickets_raced_through_three_nodes_are_each_consumed_once() {
                 (n, outcome)
             }));
         }
+        if tasks.len() >= 300 {
+            for task in tasks.drain(..) {
+                outcomes.push(task.await.unwrap());
+            }
+        }
+    }
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
     }
     let mut successes = vec![0u32; 1_000];
     let mut failures: Vec<Vec<String>> = vec![Vec::new(); 1_000];
-    for task in tasks {
-        let (n, outcome) = task.await.unwrap();
+    for (n, outcome) in outcomes {
         match outcome {
             Ok(ticket) => {
                 assert_eq!(ticket.uses, 1);
@@ -514,15 +555,34 @@ async fn a_node_without_the_secret_never_joins_the_data_plane() {
             secret: Some(
                 ClusterSecret::new(b"a-different-secret-that-is-also-32-bytes-long").unwrap(),
             ),
+            api_token: Some(api_token()),
             ..NodeOptions::default()
         },
     )
     .await
     .unwrap();
+    // Nor does a client that reaches the API port without the API token.
+    let stranger = Client::connect([cluster.node(0).api_addr().to_string()])
+        .await
+        .expect("client");
+    assert!(matches!(
+        stranger.get("TGT-1-secret").await,
+        Err(Error::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        stranger.put(NewTicket::new("TGT-2-secret", TEN_MIN)).await,
+        Err(Error::Unauthenticated(_))
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!intruder.is_ready(), "the intruder must not catch up");
     assert!(!intruder.store().holds("TGT-1-secret"));
     assert_eq!(intruder.store().records(), 0);
+    assert!(
+        cluster
+            .running()
+            .all(|n| !n.store().holds("TGT-2-secret") && n.store().records() == 1),
+        "a put without the API token wrote something"
+    );
     for node in cluster.running() {
         let live = node.membership().unwrap().live_members();
         assert!(

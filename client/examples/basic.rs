@@ -2,17 +2,19 @@
 //!
 //! ```sh
 //! TESSERA_ADDR=http://127.0.0.1:7070,http://127.0.0.1:7071 \
+//! TESSERA_API_TOKEN="$(cat api-token)" \
 //!     cargo run -p tessera-client --example basic
 //! ```
 //!
 //! `TESSERA_ADDR` is a comma-separated list of node addresses (default
-//! `http://127.0.0.1:7070`). The service ticket is created through the first
+//! `http://127.0.0.1:7070`); `TESSERA_API_TOKEN` the cluster's API token (a
+//! cluster requires it; a single node without one does not). The service ticket is created through the first
 //! address and validated through the second, as happens when a load balancer
 //! spreads a CAS cluster's requests over Tessera nodes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tessera_client::{Client, Error, NewTicket};
+use tessera_client::{Client, ClientConfig, Error, NewTicket};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -23,9 +25,14 @@ async fn main() -> Result<(), Error> {
         .filter(|a| !a.is_empty())
         .map(str::to_owned)
         .collect();
-    let client = Client::connect(&addrs).await?;
+    let config = ClientConfig {
+        token: std::env::var("TESSERA_API_TOKEN").ok(),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&addrs, config.clone()).await?;
     // A client that talks to the second node first (the same one if only one was given).
-    let second = Client::connect(addrs.iter().cycle().skip(1).take(addrs.len())).await?;
+    let second =
+        Client::connect_with(addrs.iter().cycle().skip(1).take(addrs.len()), config).await?;
 
     let suffix = unique_suffix();
     let tgt_id = format!("TGT-1-{suffix}-example");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::ticket_store_client::TicketStoreClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -27,8 +28,10 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Timeouts for a [`Client`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts and credentials for a [`Client`].
+///
+/// `Debug` shows whether a token is set, never the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Longest wait for one attempt of a call on one node (default 5 s). A call
     /// that fails over may take up to this long per address tried. For
@@ -37,6 +40,12 @@ pub struct ClientConfig {
     /// Longest wait for a TCP connection to a node (default 2 s), so an
     /// unroutable node is given up on quickly and the next one tried.
     pub connect_timeout: Duration,
+    /// The cluster's API token (default none), sent on every call as the gRPC
+    /// metadata `authorization: Bearer <token>`. Nodes with peers require it;
+    /// a wrong or missing one gets [`Error::Unauthenticated`]. Surrounding
+    /// whitespace (a trailing newline from a file) is ignored; the rest must be
+    /// printable ASCII without spaces.
+    pub token: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -44,8 +53,35 @@ impl Default for ClientConfig {
         ClientConfig {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            token: None,
         }
     }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("call_timeout", &self.call_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The `authorization` metadata value for a token.
+fn bearer(token: &str) -> Result<AsciiMetadataValue, Error> {
+    let token = token.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never echo the token: it is a credential.
+        return Err(Error::InvalidArgument(
+            "API token: must be non-empty printable ASCII without spaces".to_owned(),
+        ));
+    }
+    let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        Error::InvalidArgument("API token: not usable as a header value".to_owned())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// A handle to a Tessera cluster.
@@ -60,6 +96,8 @@ pub struct Client {
 
 struct Shared {
     nodes: Vec<Node>,
+    /// `Bearer <token>`, sent with every call, when a token is configured.
+    authorization: Option<AsciiMetadataValue>,
     /// Index of the node tried first: the last one that answered.
     preferred: AtomicUsize,
 }
@@ -88,6 +126,9 @@ impl Client {
     /// connections are opened lazily on first use, so this succeeds even when
     /// every node is down: each call then reports [`Error::Unavailable`]. Calls go
     /// to the first address until it fails (see the crate docs for failover).
+    /// A token that can not be sent in a header is refused now with
+    /// [`Error::InvalidArgument`]; whether the nodes accept it shows on the
+    /// first call.
     ///
     /// Must be called within a Tokio runtime, which runs the connections.
     pub async fn connect_with<I, S>(addrs: I, config: ClientConfig) -> Result<Client, Error>
@@ -102,6 +143,7 @@ impl Client {
         if addresses.is_empty() {
             return Err(Error::InvalidAddress("no address given".to_owned()));
         }
+        let authorization = config.token.as_deref().map(bearer).transpose()?;
         if let Err(e) = tokio::runtime::Handle::try_current() {
             return Err(Error::Other(Status::failed_precondition(format!(
                 "tessera-client must be used within a Tokio runtime: {e}"
@@ -131,6 +173,7 @@ impl Client {
         Ok(Client {
             shared: Arc::new(Shared {
                 nodes,
+                authorization,
                 preferred: AtomicUsize::new(0),
             }),
             call_timeout: config.call_timeout,
@@ -324,7 +367,7 @@ impl Client {
         let msg = convert::list_request(filter);
         let (stream, first) = self
             .attempts(Idempotency::Idempotent, |mut c| {
-                let req = Request::new(msg.clone());
+                let req = self.request(msg.clone());
                 async move {
                     let mut stream = c.list(req).await?.into_inner();
                     let first = stream.message().await?;
@@ -359,13 +402,23 @@ impl Client {
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
         self.attempts(idempotency, |c| {
-            let mut req = Request::new(msg.clone());
+            let mut req = self.request(msg.clone());
             // The server stops working on it once the caller has given up.
             req.set_timeout(self.call_timeout);
             let fut = call(c, req);
             async move { fut.await.map(Response::into_inner) }
         })
         .await
+    }
+
+    /// A request carrying the API token, if one is configured.
+    fn request<M>(&self, msg: M) -> Request<M> {
+        let mut req = Request::new(msg);
+        if let Some(authorization) = &self.shared.authorization {
+            req.metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        req
     }
 
     /// Runs `attempt` against the nodes, starting with the preferred one, trying
@@ -424,6 +477,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("addresses", &self.addresses())
             .field("call_timeout", &self.call_timeout)
+            .field("token", &self.shared.authorization.is_some())
             .finish()
     }
 }
@@ -435,6 +489,8 @@ fn attempt_error(addr: &str, failure: Failure) -> Error {
         Failure::Status(status) => match Error::from(status) {
             Error::Unavailable(m) => Error::Unavailable(format!("{addr}: {m}")),
             Error::Timeout(m) => Error::Timeout(format!("{addr}: {m}")),
+            // Which node refused matters: one node may hold another token.
+            Error::Unauthenticated(m) => Error::Unauthenticated(format!("{addr}: {m}")),
             Error::Other(s) if s.source().is_some() => {
                 // A broken connection rather than an answer: say where.
                 let message = format!("{addr}: {}", crate::error::describe(&s));

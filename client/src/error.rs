@@ -44,6 +44,13 @@ pub enum Error {
     /// not have applied it.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The node requires an API token and the call carried none, or a wrong one
+    /// (`UNAUTHENTICATED`): set [`ClientConfig::token`](crate::ClientConfig::token).
+    ///
+    /// A configuration error, not an outage: the call is not tried on another
+    /// node (the cluster shares one token), and nothing was read or written.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// An address given to [`Client::connect`](crate::Client::connect) is not valid.
     #[error("invalid address: {0}")]
     InvalidAddress(String),
@@ -73,6 +80,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::InvalidAddress(_) => return None,
             Error::Other(status) => status.code(),
         })
@@ -95,6 +103,7 @@ impl From<Status> for Error {
             Code::FailedPrecondition => Error::FailedPrecondition(message),
             Code::Unavailable => Error::Unavailable(message),
             Code::DeadlineExceeded => Error::Timeout(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
             Code::Cancelled if is_client_timeout(&status) => Error::Timeout(message),
             _ => Error::Other(status),
         }
@@ -188,6 +197,10 @@ mod tests {
                 |e| matches!(e, Error::Timeout(m) if m == "too slow"),
             ),
             (
+                Status::unauthenticated("missing or wrong API token"),
+                |e| matches!(e, Error::Unauthenticated(m) if m == "missing or wrong API token"),
+            ),
+            (
                 Status::permission_denied("nope"),
                 |e| matches!(e, Error::Other(s) if s.code() == Code::PermissionDenied && s.message() == "nope"),
             ),
@@ -244,6 +257,10 @@ mod tests {
             Error::from(Status::unauthenticated("x")).code(),
             Some(Code::Unauthenticated)
         );
+        assert_eq!(
+            Error::Unauthenticated("x".into()).code(),
+            Some(Code::Unauthenticated)
+        );
         assert!(Error::from(Status::not_found("x")).is_not_found());
         assert!(!Error::from(Status::aborted("x")).is_not_found());
     }
@@ -257,6 +274,10 @@ mod tests {
         assert_eq!(
             Error::from(Status::internal("boom")).to_string(),
             "Internal: boom"
+        );
+        assert_eq!(
+            Error::from(Status::unauthenticated("missing or wrong API token")).to_string(),
+            "unauthenticated: missing or wrong API token"
         );
     }
 }

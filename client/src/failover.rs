@@ -9,6 +9,9 @@
 //! and a second consume on another node would count the use twice (a service
 //! ticket with `max_uses = 1` would then fail validation although the user did
 //! nothing wrong, or a use would be recorded that never happened).
+//!
+//! Answers never fail over, `UNAUTHENTICATED` included: every node of a cluster
+//! holds the same token, so a refused token would be refused everywhere.
 
 use std::error::Error as _;
 use std::io;
@@ -206,6 +209,8 @@ mod tests {
             Status::unknown("?"),
             Status::cancelled("cancelled by server"),
             Status::permission_denied("no"),
+            // A wrong token is wrong on every node: no failover.
+            Status::unauthenticated("missing or wrong API token"),
             Status::resource_exhausted("too big"),
         ] {
             let shown = format!("{status:?}");

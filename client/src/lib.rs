@@ -85,8 +85,29 @@
 //! with `max_uses = 1` would be used up by a validation the caller never saw
 //! succeed, and the user's login would fail. Such calls return
 //! [`Error::Timeout`] / [`Error::Unavailable`] instead, and the caller (who knows
-//! what the call was for) decides. Answers such as `NOT_FOUND` or
-//! `ALREADY_EXISTS` are answers, not failures, and never fail over.
+//! what the call was for) decides. Answers such as `NOT_FOUND`,
+//! `ALREADY_EXISTS` or `UNAUTHENTICATED` are answers, not failures, and never
+//! fail over.
+//!
+//! # Authentication
+//!
+//! A node with peers requires the cluster's API token on every call; set it in
+//! [`ClientConfig::token`] and the client sends it as the gRPC metadata
+//! `authorization: Bearer <token>`. Without it, or with a wrong one, calls fail
+//! with [`Error::Unauthenticated`] and change nothing. The token crosses the
+//! network in cleartext (this client has no TLS), so keep the API on a private
+//! network. `Debug` of [`ClientConfig`] and [`Client`] never shows the token.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tessera_client::Error> {
+//! use tessera_client::{Client, ClientConfig};
+//!
+//! let token = std::env::var("TESSERA_API_TOKEN").ok();
+//! let config = ClientConfig { token, ..ClientConfig::default() };
+//! let client = Client::connect_with(["10.0.0.1:7070", "10.0.0.2:7070"], config).await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Errors and logging
 //!

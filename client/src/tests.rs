@@ -29,12 +29,16 @@ enum Mode {
     Big,
     /// `list`: send one ticket, then nothing.
     StallAfterFirst,
+    /// Serve only calls carrying `authorization: Bearer <this>`; refuse the
+    /// others with UNAUTHENTICATED, as a node with an API token does.
+    RequireToken(&'static str),
 }
 
 #[derive(Default)]
 struct Stats {
     calls: AtomicUsize,
     grpc_timeouts: Mutex<Vec<Option<String>>>,
+    authorizations: Mutex<Vec<Option<String>>>,
 }
 
 impl Stats {
@@ -80,12 +84,41 @@ impl Fake {
             .lock()
             .expect("stats lock")
             .push(timeout);
+        let authorization = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.stats
+            .authorizations
+            .lock()
+            .expect("stats lock")
+            .push(authorization);
+    }
+
+    /// UNAUTHENTICATED unless the mode's token came with the request.
+    fn check_token<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Mode::RequireToken(token) = self.mode else {
+            return Ok(());
+        };
+        let sent = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if sent == Some(&format!("Bearer {token}")) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("missing or wrong API token"))
+        }
     }
 
     async fn answer<T>(&self, req: &Request<T>, id: &str) -> Result<Response<pb::Ticket>, Status> {
         self.record(req);
+        self.check_token(req)?;
         match self.mode {
-            Mode::Serve | Mode::StallAfterFirst => Ok(Response::new(self.ticket(id))),
+            Mode::Serve | Mode::StallAfterFirst | Mode::RequireToken(_) => {
+                Ok(Response::new(self.ticket(id)))
+            }
             Mode::Fail(code, message) => Err(Status::new(code, message)),
             Mode::Hang => std::future::pending().await,
             Mode::Big => Ok(Response::new(pb::Ticket {
@@ -161,6 +194,7 @@ impl TicketStore for Fake {
         r: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         self.record(&r);
+        self.check_token(&r)?;
         let tickets: Vec<Result<pb::Ticket, Status>> = ["ST-1", "ST-2", "ST-3"]
             .map(|id| Ok(self.ticket(id)))
             .into();
@@ -173,7 +207,9 @@ impl TicketStore for Fake {
             Mode::StallAfterFirst => Box::pin(
                 tokio_stream::iter(tickets.into_iter().take(1)).chain(tokio_stream::pending()),
             ),
-            Mode::Serve | Mode::Big => Box::pin(tokio_stream::iter(tickets)),
+            Mode::Serve | Mode::Big | Mode::RequireToken(_) => {
+                Box::pin(tokio_stream::iter(tickets))
+            }
         };
         Ok(Response::new(stream))
     }
@@ -512,4 +548,103 @@ async fn payloads_above_tonics_default_limit_are_received() {
     let client = client(&[&node], 5 * SECOND).await;
     let ticket = client.get("TGT-1").await.expect("5 MiB payload accepted");
     assert_eq!(ticket.payload.len(), BIG);
+}
+
+const TOKEN: &str = "client-test-api-token-0123456789abcdef";
+
+async fn client_with_token(addrs: &[&str], token: Option<&str>) -> Result<Client, Error> {
+    let config = ClientConfig {
+        call_timeout: SECOND,
+        token: token.map(str::to_owned),
+        ..ClientConfig::default()
+    };
+    Client::connect_with(addrs, config).await
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_call_as_a_bearer_header() {
+    let (node, stats) = spawn("node", Mode::RequireToken(TOKEN)).await;
+    // Surrounding whitespace (a token read from a file) is not sent.
+    let client = client_with_token(&[&node], Some(&format!("{TOKEN}\n")))
+        .await
+        .expect("valid token");
+    client.get("TGT-1").await.expect("get with the token");
+    client
+        .consume("ST-1")
+        .await
+        .expect("consume with the token");
+    client
+        .with_timeout(2 * SECOND)
+        .put(NewTicket::new("TGT-2", SECOND))
+        .await
+        .expect("re-timed handles keep the token");
+    let listed = client
+        .list(ListFilter::default())
+        .await
+        .expect("list with the token")
+        .collect_all()
+        .await
+        .expect("whole listing");
+    assert_eq!(listed.len(), 3);
+    let sent = stats.authorizations.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 4);
+    assert!(
+        sent.iter()
+            .all(|s| s.as_deref() == Some(&format!("Bearer {TOKEN}"))),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_unauthenticated_and_never_fails_over() {
+    let (guarded, _) = spawn("guarded", Mode::RequireToken(TOKEN)).await;
+    let (open, open_stats) = spawn("open", Mode::Serve).await;
+    for token in [None, Some("a-wrong-token-that-is-long-enough-to-look-real")] {
+        let client = client_with_token(&[&guarded, &open], token)
+            .await
+            .expect("connect");
+        match client.get("TGT-1").await {
+            Err(e @ Error::Unauthenticated(_)) => {
+                assert_eq!(e.code(), Some(Code::Unauthenticated));
+                let m = e.to_string();
+                assert!(m.contains("missing or wrong API token"), "{m}");
+                assert!(m.contains(&guarded), "names the node: {m}");
+            }
+            other => panic!("expected Unauthenticated, got {other:?}"),
+        }
+        assert!(matches!(
+            client.consume("ST-1").await,
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            client.list(ListFilter::default()).await,
+            Err(Error::Unauthenticated(_))
+        ));
+    }
+    assert_eq!(open_stats.calls(), 0, "no call moved on to the next node");
+}
+
+#[tokio::test]
+async fn tokens_that_cannot_be_a_header_are_refused_and_never_shown() {
+    for bad in ["", "  \n", "has a space inside it", "caf\u{e9}-token"] {
+        match client_with_token(&["127.0.0.1:7070"], Some(bad)).await {
+            Err(Error::InvalidArgument(m)) => {
+                assert!(m.contains("API token"), "{m}");
+                assert!(bad.trim().is_empty() || !m.contains(bad.trim()), "{m}");
+            }
+            other => panic!("{bad:?}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let config = ClientConfig {
+        token: Some(TOKEN.to_owned()),
+        ..ClientConfig::default()
+    };
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(TOKEN), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+    let client = Client::connect_with(["127.0.0.1:7070"], config)
+        .await
+        .expect("connect");
+    let shown = format!("{client:?}");
+    assert!(!shown.contains(TOKEN), "{shown}");
 }

@@ -3,8 +3,10 @@
 //! Handlers only translate: wire types in, a call to replication (writes and
 //! reads that may need peers) or to the local store (counts, listings), wire
 //! types out. A draining node refuses new calls with UNAVAILABLE "draining",
-//! which clients fail over on.
+//! which clients fail over on. Who may call at all is decided before any
+//! handler runs, in [`auth`].
 
+pub mod auth;
 mod convert;
 mod status;
 
@@ -26,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::membership::Membership;
 use crate::replication::Replicator;
 use crate::store::{ListCursor, ListFilter, Store};
+pub use auth::ApiAuth;
 use convert::{put_ticket, update_ticket};
 pub use convert::{ticket, ticket_view};
 pub use status::to_status;

@@ -11,6 +11,7 @@ use super::output::{
 };
 use super::{Command, Exit, GlobalArgs, ListArgs, PayloadArgs, PutArgs, UpdateArgs};
 use crate::config::MAX_PAYLOAD_LIMIT;
+use crate::secret::ApiToken;
 
 /// Run one client subcommand and report how it ended.
 pub async fn run(global: &GlobalArgs, command: Command) -> Exit {
@@ -45,19 +46,42 @@ impl From<Error> for Failure {
             | Error::VersionMismatch(_)
             | Error::AlreadyExists(_)
             | Error::FailedPrecondition(_) => Exit::NotThere,
-            Error::InvalidArgument(_) | Error::InvalidAddress(_) => Exit::InvalidInput,
+            // A missing or wrong token is the caller's configuration, like a bad address.
+            Error::InvalidArgument(_) | Error::InvalidAddress(_) | Error::Unauthenticated(_) => {
+                Exit::InvalidInput
+            }
             _ => Exit::Failed,
         };
-        Failure {
-            exit,
-            message: error.to_string(),
-        }
+        let message = match &error {
+            Error::Unauthenticated(_) => {
+                format!("{error} (give the cluster's API token: TESSERA_API_TOKEN or --token-file)")
+            }
+            _ => error.to_string(),
+        };
+        Failure { exit, message }
+    }
+}
+
+/// The API token from `--token-file`, else from `TESSERA_API_TOKEN`, checked by
+/// the rules a node applies (so a short or world-readable one is refused here).
+fn api_token(global: &GlobalArgs) -> Result<Option<ApiToken>, Failure> {
+    if let Some(path) = &global.token_file {
+        return ApiToken::from_file(path)
+            .map(Some)
+            .map_err(|e| Failure::invalid(format!("invalid setting --token-file: {e}")));
+    }
+    match std::env::var_os("TESSERA_API_TOKEN") {
+        Some(value) => ApiToken::new(value.as_encoded_bytes())
+            .map(Some)
+            .map_err(|e| Failure::invalid(format!("invalid setting TESSERA_API_TOKEN: {e}"))),
+        None => Ok(None),
     }
 }
 
 async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
     let config = ClientConfig {
         call_timeout: global.timeout,
+        token: api_token(global)?.map(|t| t.expose().to_owned()),
         ..ClientConfig::default()
     };
     let client = Client::connect_with(&global.addr, config).await?;

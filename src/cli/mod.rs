@@ -1,7 +1,8 @@
 //! The `tessera` command line: `serve` runs a node; every other subcommand is
 //! a call through `tessera-client`. Scripts rely on the shape and exit codes:
 //! 0 success; 1 the ticket is not there (or a compare-and-set / create-only
-//! lost); 2 invalid input; 3 the store could not be reached or failed.
+//! lost); 2 invalid input, or a missing or wrong API token (the caller's
+//! configuration is wrong); 3 the store could not be reached or failed.
 
 mod commands;
 mod output;
@@ -33,7 +34,17 @@ impl From<Exit> for ExitCode {
 
 /// Tessera: a replicated ticket store for single sign-on servers.
 #[derive(Debug, Parser)]
-#[command(name = "tessera", version, about, propagate_version = true)]
+#[command(
+    name = "tessera",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Client subcommands send the API token from --token-file or $TESSERA_API_TOKEN \
+                  (a node with peers requires it).\n\
+                  Exit codes: 0 success; 1 the ticket is not there, or a compare-and-set / \
+                  create-only lost; 2 invalid input, or a missing or wrong API token; \
+                  3 the store could not be reached or failed."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -59,6 +70,11 @@ pub struct GlobalArgs {
     /// Per-call timeout of client subcommands.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// File holding the cluster's API token, sent with every call (not
+    /// world-readable); or set TESSERA_API_TOKEN (never give the token itself as
+    /// a flag: argv is visible to every user). A missing or wrong token exits 2.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +184,13 @@ pub fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async move {
         match cli.command {
+            Command::Serve(_) if cli.global.token_file.is_some() => {
+                // Silently ignoring it could leave a node open that was meant to be closed.
+                eprintln!(
+                    "tessera: --token-file is for client subcommands; tessera serve takes --api-token-file"
+                );
+                Exit::InvalidInput
+            }
             Command::Serve(args) => serve::run(*args).await,
             command => commands::run(&cli.global, command).await,
         }

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use super::Exit;
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_duration};
 use crate::replication::WriteQuorum;
-use crate::secret::ClusterSecret;
+use crate::secret::{ApiToken, ClusterSecret};
 use crate::server::{self, NodeOptions, ServerError};
 
 #[derive(Debug, Args)]
@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// TESSERA_CLUSTER_SECRET. Required as soon as the node has peers.
     #[arg(long, env = "TESSERA_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// File holding the API token clients must send as `authorization: Bearer
+    /// <token>` (32+ printable bytes, not world-readable); or set
+    /// TESSERA_API_TOKEN. Required as soon as the node has peers; without one a
+    /// single node's API is open to whoever reaches --listen.
+    #[arg(long, env = "TESSERA_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Gossip interval; the failure detector follows it [default: 500ms].
     #[arg(long, env = "TESSERA_GOSSIP_INTERVAL", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
@@ -136,6 +142,9 @@ impl ServeArgs {
         if self.cluster_secret_file.is_some() {
             config.cluster_secret_file = self.cluster_secret_file.clone();
         }
+        if self.api_token_file.is_some() {
+            config.api_token_file = self.api_token_file.clone();
+        }
         if let Some(interval) = self.gossip_interval {
             config.gossip_interval = interval;
         }
@@ -169,8 +178,8 @@ pub async fn run(args: ServeArgs) -> Exit {
             return Exit::InvalidInput;
         }
     };
-    // The secret itself may come from the environment (never from a flag: argv is
-    // visible to every user of the machine).
+    // The secret and the token themselves may come from the environment (never
+    // from a flag: argv is visible to every user of the machine).
     let secret = match std::env::var_os("TESSERA_CLUSTER_SECRET") {
         Some(value) => match ClusterSecret::new(value.as_encoded_bytes()) {
             Ok(secret) => Some(secret),
@@ -181,8 +190,19 @@ pub async fn run(args: ServeArgs) -> Exit {
         },
         None => None,
     };
+    let api_token = match std::env::var_os("TESSERA_API_TOKEN") {
+        Some(value) => match ApiToken::new(value.as_encoded_bytes()) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("tessera: invalid setting TESSERA_API_TOKEN: {e}");
+                return Exit::InvalidInput;
+            }
+        },
+        None => None,
+    };
     let options = NodeOptions {
         secret,
+        api_token,
         ..NodeOptions::default()
     };
     let node = match server::start_with(config, options).await {
@@ -194,6 +214,8 @@ pub async fn run(args: ServeArgs) -> Exit {
                 ServerError::Config(_)
                 | ServerError::Secret(_)
                 | ServerError::SecretMissing
+                | ServerError::ApiTokenMissing
+                | ServerError::ApiTokenIsClusterSecret
                 | ServerError::Discovery(_) => Exit::InvalidInput,
                 _ => Exit::Failed,
             };

@@ -618,3 +618,78 @@ async fn a_graceful_leave_loses_nothing() {
     }
     cluster.stop_all().await;
 }
+
+/// A node whose discovery fails never reports ready: it must not pass for a
+/// cluster of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_discovery_fails_reports_not_ready() {
+    let cluster = Cluster {
+        nodes: Vec::new(),
+        gossip: vec![free_gossip_addr()],
+        secret: secret(),
+    };
+    let mut config = cluster.config(0);
+    config.seeds = vec!["no-such-host.invalid:7946".into()];
+    let node = server::start_with(
+        config,
+        NodeOptions {
+            secret: Some(cluster.secret.clone()),
+            api_token: Some(api_token()),
+            ..NodeOptions::default()
+        },
+    )
+    .await
+    .expect("node starts");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!node.is_ready(), "discovery fails, yet the node says ready");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    node.stop().await.unwrap();
+}
+
+/// Garbage datagrams on the gossip port change nothing: the cluster stays
+/// formed and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_gossip_port_changes_nothing() {
+    let cluster = Cluster::start(3).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = cluster.gossip[0];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for n in 0..500 {
+        let len = [0, 1, 7, 64, 1_200, 9_000, 60_000][n % 7];
+        let datagram: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = socket.send_to(&datagram, target);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.wait_converged_membership().await;
+    let client = cluster.client(1).await;
+    client.put(st("ST-1-garbage")).await.unwrap();
+    cluster
+        .client(0)
+        .await
+        .consume("ST-1-garbage")
+        .await
+        .unwrap();
+    cluster.stop_all().await;
+}

@@ -130,15 +130,7 @@ impl Cluster {
         let expected: HashSet<String> = self.running().map(|n| n.node_id().to_owned()).collect();
         let ok = wait_until(Duration::from_secs(30), || {
             self.running().all(|node| {
-                let live: HashSet<String> = node
-                    .membership()
-                    .map(|m| {
-                        m.live_members()
-                            .iter()
-                            .map(|m| m.node_id.to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let live: HashSet<String> = live_ids(node).into_iter().collect();
                 node.is_ready() && live == expected
             })
         })
@@ -181,15 +173,7 @@ impl Cluster {
     fn describe(&self) -> String {
         self.running()
             .map(|n| {
-                let live: Vec<String> = n
-                    .membership()
-                    .map(|m| {
-                        m.live_members()
-                            .iter()
-                            .map(|m| m.node_id.to_string())
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let live = live_ids(n);
                 format!(
                     "{}: ready={} live={live:?} records={}",
                     n.node_id(),
@@ -212,6 +196,18 @@ impl Cluster {
             assert!(stopped.is_ok(), "a node did not stop within 20 s");
         }
     }
+}
+
+/// Ids of the members `node` sees live.
+fn live_ids(node: &NodeHandle) -> Vec<String> {
+    node.membership()
+        .map(|m| {
+            m.live_members()
+                .iter()
+                .map(|m| m.node_id.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Poll `condition` every 50 ms until it holds or `limit` passes.

@@ -315,20 +315,12 @@ impl Replicator {
             WriteQuorum::All => peers.len() + 1,
         };
         let needed = quorum.saturating_sub(1);
-        let Some(network) = self.network().cloned() else {
-            return if needed == 0 {
-                Ok(value)
-            } else {
-                Err(quorum_error(1, quorum))
-            };
+        let network = match self.network() {
+            Some(network) if !peers.is_empty() => network.clone(),
+            // Nobody to push to: only this node's copy counts.
+            _ if needed == 0 => return Ok(value),
+            _ => return Err(quorum_error(1, quorum)),
         };
-        if peers.is_empty() {
-            return if needed == 0 {
-                Ok(value)
-            } else {
-                Err(quorum_error(1, quorum))
-            };
-        }
         let records: Vec<_> = changes
             .iter()
             .map(|(id, entry)| to_record(id, entry))

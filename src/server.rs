@@ -325,6 +325,8 @@ pub async fn start_with(
         _ => None,
     };
 
+    let auth = ApiAuth::new(api_token.as_ref());
+    let auth_stats = auth.stats();
     let node = Arc::new(NodeInfo {
         node_id: config.node_id.clone(),
         api_addr: advertised_api.to_string(),
@@ -332,11 +334,11 @@ pub async fn start_with(
         membership: cluster.as_ref().map(|c| c.membership.clone()),
         draining: AtomicBool::new(false),
         ready: AtomicBool::new(cluster.is_none()),
+        peer_net: cluster.as_ref().map(|c| c.peer_net.clone()),
+        auth_stats: auth_stats.clone(),
     });
 
     let max_message = config.max_payload_bytes + MESSAGE_OVERHEAD;
-    let auth = ApiAuth::new(api_token.as_ref());
-    let auth_stats = auth.stats();
     // The token check wraps the ticket service alone: health and reflection stay open.
     let api = InterceptedService::new(
         TicketStoreServer::new(TicketApi::new(node.clone())).max_decoding_message_size(max_message),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tessera_proto::v1 as pb;
+use tessera_proto::v1::NodeStats;
 use tessera_proto::v1::ticket_store_client::TicketStoreClient;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
@@ -387,6 +388,18 @@ impl Client {
         )
         .await
         .map(|r| r.members.into_iter().map(Member::from).collect())
+    }
+
+    /// Counters of the node that answers (the first reachable one): what it
+    /// refused and why since it started. Not a cluster-wide figure; connect
+    /// to one address to ask a given node.
+    pub async fn stats(&self) -> Result<NodeStats, Error> {
+        self.unary(
+            Idempotency::Idempotent,
+            |mut c, req| async move { c.stats(req).await },
+            pb::StatsRequest {},
+        )
+        .await
     }
 
     /// A unary call: a fresh request with the `grpc-timeout` header per attempt.

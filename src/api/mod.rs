@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tessera_proto::v1::ticket_store_server::TicketStore;
 use tessera_proto::v1::{
     ConsumeRequest, CountRequest, CountResponse, DeleteAllRequest, DeleteForRequest, DeleteRequest,
-    DeleteResponse, GetRequest, ListRequest, Member, MembersRequest, MembersResponse, PutRequest,
-    SessionsForRequest, SessionsForResponse, Ticket, TouchRequest, UpdateRequest,
+    DeleteResponse, GetRequest, ListRequest, Member, MembersRequest, MembersResponse, NodeStats,
+    PutRequest, SessionsForRequest, SessionsForResponse, StatsRequest, Ticket, TouchRequest,
+    UpdateRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -26,9 +27,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::membership::Membership;
+use crate::peer::net::PeerNet;
 use crate::replication::Replicator;
 use crate::store::{ListCursor, ListFilter, Store};
-pub use auth::ApiAuth;
+pub use auth::{ApiAuth, AuthStats};
 use convert::{put_ticket, update_ticket};
 pub use convert::{ticket, ticket_view};
 pub use status::to_status;
@@ -48,6 +50,10 @@ pub struct NodeInfo {
     pub draining: AtomicBool,
     /// Whether the node has joined and caught up.
     pub ready: AtomicBool,
+    /// The peer network, for its counters (absent on a single node).
+    pub peer_net: Option<Arc<PeerNet>>,
+    /// Refusals of the API token check, for [`TicketStore::stats`].
+    pub auth_stats: Arc<AuthStats>,
 }
 
 /// The gRPC service.
@@ -256,5 +262,29 @@ impl TicketStore for TicketApi {
             .collect();
         members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(Response::new(MembersResponse { members }))
+    }
+
+    async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<NodeStats>, Status> {
+        let node = &self.node;
+        let replication = &node.replicator.stats;
+        let peer = node.peer_net.as_deref().map(PeerNet::stats).unwrap_or_default();
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        Ok(Response::new(NodeStats {
+            node_id: node.node_id.clone(),
+            ready: node.ready.load(Ordering::Acquire),
+            draining: node.draining.load(Ordering::Acquire),
+            tickets: self.store.count().total,
+            api_rejections: node.auth_stats.rejections(),
+            peer_handshakes_ok: peer.handshakes_ok,
+            peer_handshakes_rejected: peer.handshakes_rejected,
+            peer_frames_rejected: peer.frames_rejected,
+            peer_connections_open: peer.connections_open,
+            peer_calls_failed: peer.calls_failed,
+            pushes_failed: load(&replication.pushes_failed),
+            read_repairs: load(&replication.read_repairs),
+            decisions_forwarded: load(&replication.decisions_forwarded),
+            clock_skew_reports: load(&replication.clock_skew_reports),
+            bad_records: load(&replication.bad_records),
+        }))
     }
 }

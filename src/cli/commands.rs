@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
-use tessera_client::{Client, ClientConfig, Error, ListFilter, NewTicket, Ticket, TicketUpdate};
+use tessera_client::{
+    Client, ClientConfig, Error, ListFilter, NewTicket, NodeStats, Ticket, TicketUpdate,
+};
 
 use super::output::{
     counts_json, counts_text, member_json, member_line, ticket_json, ticket_line, ticket_text,
@@ -124,6 +126,17 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
                 print_ticket_line(&ticket, json);
             }
         }
+        Command::Stats => {
+            let stats = stats_fields(&client.stats().await?);
+            if json {
+                println!("{}", serde_json::Value::Object(stats.into_iter().collect()));
+            } else {
+                for (name, value) in stats {
+                    println!("{name}\t{value}");
+                }
+            }
+        }
+        Command::Health => unreachable!("health is answered without the ticket client"),
         Command::Members => {
             for member in client.members().await? {
                 if json {
@@ -135,6 +148,73 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// A node's counters by name, in the order the proto declares them.
+fn stats_fields(stats: &NodeStats) -> Vec<(String, serde_json::Value)> {
+    let counters = [
+        ("tickets", stats.tickets),
+        ("api_rejections", stats.api_rejections),
+        ("peer_handshakes_ok", stats.peer_handshakes_ok),
+        ("peer_handshakes_rejected", stats.peer_handshakes_rejected),
+        ("peer_frames_rejected", stats.peer_frames_rejected),
+        ("peer_connections_open", stats.peer_connections_open),
+        ("peer_calls_failed", stats.peer_calls_failed),
+        ("pushes_failed", stats.pushes_failed),
+        ("read_repairs", stats.read_repairs),
+        ("decisions_forwarded", stats.decisions_forwarded),
+        ("clock_skew_reports", stats.clock_skew_reports),
+        ("bad_records", stats.bad_records),
+    ];
+    let mut fields = vec![
+        ("node_id".to_owned(), stats.node_id.clone().into()),
+        ("ready".to_owned(), stats.ready.into()),
+        ("draining".to_owned(), stats.draining.into()),
+    ];
+    fields.extend(
+        counters
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.into())),
+    );
+    fields
+}
+
+/// `tessera health`: the gRPC health service of every address, without a
+/// token (health is open on every node).
+pub async fn health(global: &GlobalArgs) -> Exit {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut worst = Exit::Ok;
+    for addr in &global.addr {
+        let url = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let status = async {
+            let endpoint = tonic::transport::Endpoint::from_shared(url)
+                .map_err(|e| format!("invalid address: {e}"))?
+                .connect_timeout(global.timeout)
+                .timeout(global.timeout);
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let response = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .map_err(|e| e.message().to_owned())?;
+            Ok::<_, String>(response.into_inner().status())
+        }
+        .await;
+        let (exit, said) = match status {
+            Ok(ServingStatus::Serving) => (Exit::Ok, "serving".to_owned()),
+            Ok(other) => (Exit::NotThere, format!("not ready ({})", other.as_str_name())),
+            Err(reason) => (Exit::Failed, format!("unreachable: {reason}")),
+        };
+        println!("{addr}\t{said}");
+        worst = worst.max(exit);
+    }
+    worst
 }
 
 fn new_ticket(args: PutArgs) -> Result<NewTicket, Failure> {

@@ -18,7 +18,7 @@ use crate::config::parse_duration;
 pub use serve::ServeArgs;
 
 /// Process exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Exit {
     Ok = 0,
     NotThere = 1,
@@ -105,6 +105,13 @@ pub enum Command {
     Sessions { principal: String },
     /// The cluster's nodes as the contacted node sees them.
     Members,
+    /// Counters of the contacted node since it started: rejected handshakes,
+    /// frames and API calls, clock skew reports, read repairs...
+    Stats,
+    /// Whether every node in --addr is ready (joined and caught up): exit 0 if
+    /// so, 1 if one answers but is not ready, 3 if one cannot be reached. Needs
+    /// no token; meant for container health checks.
+    Health,
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +199,7 @@ pub fn main() -> ExitCode {
                 Exit::InvalidInput
             }
             Command::Serve(args) => serve::run(*args).await,
+            Command::Health => commands::health(&cli.global).await,
             command => commands::run(&cli.global, command).await,
         }
     });

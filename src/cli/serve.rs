@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use super::Exit;
+use crate::clock::Clock;
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_duration};
 use crate::replication::WriteQuorum;
 use crate::secret::{ApiToken, ClusterSecret};
@@ -85,6 +86,11 @@ pub struct ServeArgs {
     /// Discovery refresh interval [default: 10s].
     #[arg(long, env = "TESSERA_DISCOVERY_INTERVAL", value_parser = parse_duration)]
     pub discovery_interval: Option<Duration>,
+    /// FOR FAULT-INJECTION TESTS ONLY: run this node's clock this far ahead
+    /// (+30s) or behind (-30s) of the system clock, to show what a skewed
+    /// node does to the others. Never set it in production.
+    #[arg(long, env = "TESSERA_CLOCK_OFFSET", hide = true, value_parser = parse_clock_offset, allow_hyphen_values = true)]
+    pub clock_offset: Option<i64>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or tessera=debug.
     #[arg(long, env = "TESSERA_LOG", default_value = "info")]
     pub log: String,
@@ -200,9 +206,17 @@ pub async fn run(args: ServeArgs) -> Exit {
         },
         None => None,
     };
+    let clock = args.clock_offset.map(|offset_ms| {
+        warn!(
+            offset_ms,
+            "this node's clock is deliberately offset (--clock-offset, for fault-injection tests only)"
+        );
+        Clock::system().with_offset(offset_ms)
+    });
     let options = NodeOptions {
         secret,
         api_token,
+        clock,
         ..NodeOptions::default()
     };
     let node = match server::start_with(config, options).await {
@@ -242,6 +256,17 @@ pub async fn run(args: ServeArgs) -> Exit {
     }
 }
 
+/// A signed duration in milliseconds: `+30s`, `-2m`, `500ms`.
+fn parse_clock_offset(value: &str) -> Result<i64, String> {
+    let (sign, magnitude) = match value.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, value.strip_prefix('+').unwrap_or(value)),
+    };
+    let millis = i64::try_from(parse_duration(magnitude)?.as_millis())
+        .map_err(|_| format!("clock offset {value:?} is too large"))?;
+    Ok(sign * millis)
+}
+
 /// Resolves on SIGTERM (what ECS and docker send) or Ctrl-C.
 async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
@@ -262,5 +287,20 @@ async fn shutdown_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_clock_offset;
+
+    #[test]
+    fn clock_offsets_are_signed_durations() {
+        assert_eq!(parse_clock_offset("+30s"), Ok(30_000));
+        assert_eq!(parse_clock_offset("30s"), Ok(30_000));
+        assert_eq!(parse_clock_offset("-2m"), Ok(-120_000));
+        assert_eq!(parse_clock_offset("-500ms"), Ok(-500));
+        assert!(parse_clock_offset("-").is_err());
+        assert!(parse_clock_offset("soon").is_err());
     }
 }

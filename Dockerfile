@@ -1,0 +1,21 @@
+# A Tessera node: nothing but the statically linked binary. No base image is
+# pulled (FROM scratch), so the image builds with no registry; the binary
+# resolves names from the /etc/hosts and /etc/resolv.conf docker mounts in.
+#
+# Build the binary first, then the image (scripts/fleet image does both):
+#   RUSTFLAGS='-C target-feature=+crt-static' \
+#     cargo build --release --target x86_64-unknown-linux-gnu --bin tessera
+#   docker build -t tessera:dev .
+FROM scratch
+COPY target/x86_64-unknown-linux-gnu/release/tessera /tessera
+# Listen on every interface of the container; --advertise says which address
+# the others use. Gossip 7946/udp and peer 7947/tcp follow the listen host.
+ENV TESSERA_LISTEN=0.0.0.0:7070
+EXPOSE 7070/tcp 7946/udp 7947/tcp
+USER 65534:65534
+# Healthy = ready: joined the cluster and caught up (or alone by design).
+HEALTHCHECK --interval=2s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["/tessera", "health", "--timeout", "2s"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/tessera"]
+CMD ["serve"]

@@ -132,7 +132,10 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
                 println!("{}", serde_json::Value::Object(stats.into_iter().collect()));
             } else {
                 for (name, value) in stats {
-                    println!("{name}\t{value}");
+                    match value {
+                        serde_json::Value::String(text) => println!("{name}\t{text}"),
+                        other => println!("{name}\t{other}"),
+                    }
                 }
             }
         }

@@ -176,6 +176,8 @@ pub async fn run(args: ServeArgs) -> Exit {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in container logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match args.node_config() {
         Ok(config) => config,

@@ -1,0 +1,376 @@
+//! The fault-injection suite: each scenario runs its own docker-compose fleet
+//! (three `tessera:dev` containers), drives a CAS-like load through
+//! tessera-client, breaks the fleet on purpose, then checks the history
+//! against what every node holds. Each prints one `SCENARIO` line with the
+//! figures the README's table quotes. Needs the images `scripts/fleet image`
+//! builds (`./scripts/test` does it first).
+//!
+//! Scenarios run one at a time (a nextest test group, and [`one_at_a_time`]
+//! under `cargo test`); each removes its containers and network when it ends,
+//! passed or not.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tessera_client::Client;
+use tessera_fleet::Fleet;
+use tessera_fleet::workload::{History, Load, Report, User, logout_some};
+
+/// Users of the load: enough to keep every node busy, few enough for 2 cores.
+const USERS: usize = 9;
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static FLEET: Mutex<()> = Mutex::new(());
+    FLEET.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn print_scenario(name: &str, report: &Report, converge: Duration, extra: &str) {
+    println!(
+        "SCENARIO {name}: acknowledged={} lost={} double_consumed={} resurrected={} converge={:.1}s failed_calls={} {extra}",
+        report.acknowledged,
+        report.lost,
+        report.double_consumed,
+        report.resurrected,
+        converge.as_secs_f64(),
+        report.failures,
+    );
+}
+
+fn assert_clean(name: &str, report: &Report, fleet: &Fleet) {
+    assert!(
+        report.clean(),
+        "{name}: {report:?}\n{}",
+        fleet.logs()
+    );
+    assert!(report.acknowledged > 100, "{name}: the load did too little: {report:?}");
+}
+
+/// Until `observer` no longer lists `node` as alive; how long that took.
+async fn wait_gone(observer: &Client, node: &str, since: Instant, limit: Duration) -> Duration {
+    loop {
+        let alive = observer.members().await.map_or(true, |members| {
+            members
+                .iter()
+                .any(|m| m.node_id == node && m.state == "alive")
+        });
+        if !alive || since.elapsed() > limit {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// 1. kill -9 one node under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_one_node_under_load() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start("kill", 21, 17101)?;
+    let history = Arc::new(History::default());
+    let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "kill", history).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let observer = fleet.client(&[1], Duration::from_secs(2)).await?;
+    let killed_at = Instant::now();
+    fleet.kill(3)?;
+    let kill_done = Instant::now();
+    let detected = wait_gone(&observer, "node3", killed_at, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let history = load.stop().await;
+
+    let (converge, report) = history
+        .converge(&fleet, &[1, 2], Duration::from_secs(30))
+        .await?;
+    let failures = history.failures();
+    let late: Vec<_> = failures.iter().filter(|f| f.started > kill_done).collect();
+    print_scenario(
+        "kill",
+        &report,
+        converge,
+        &format!(
+            "detected={:.1}s failed_in_flight={} failed_after_kill={}",
+            detected.as_secs_f64(),
+            failures.len() - late.len(),
+            late.len()
+        ),
+    );
+    assert_clean("kill", &report, &fleet);
+    assert!(
+        detected <= Duration::from_secs(5),
+        "node3's death seen by node1 after {detected:?}"
+    );
+    // Every user has at most one call in flight; only those can fail, and
+    // nothing started after the kill may.
+    assert!(late.is_empty(), "calls started after the kill failed: {late:?}");
+    assert!(failures.len() <= USERS, "{failures:?}");
+    Ok(())
+}
+
+/// 3. Rolling restart of every node, one at a time, under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_keeps_every_session() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start("roll", 23, 17121)?;
+    let history = Arc::new(History::default());
+    let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "roll", history).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut took = Vec::new();
+    for node in 1..=3 {
+        let start = Instant::now();
+        fleet.restart(node)?;
+        fleet.wait_healthy(&[1, 2, 3], Duration::from_secs(60))?;
+        took.push(format!("node{node}={:.1}s", start.elapsed().as_secs_f64()));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = load.stop().await;
+    let (converge, report) = history
+        .converge(&fleet, &[1, 2, 3], Duration::from_secs(30))
+        .await?;
+    print_scenario("rolling-restart", &report, converge, &took.join(" "));
+    assert_clean("rolling-restart", &report, &fleet);
+    Ok(())
+}
+
+/// 4. Scale up to four nodes under load: the new node catches up and serves
+/// reads of old tickets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_to_four_nodes() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start("scale", 24, 17131)?;
+    let history = Arc::new(History::default());
+    let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "scale", history).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start = Instant::now();
+    fleet.add_node4()?;
+    let ready = fleet.wait_healthy(&[4], Duration::from_secs(60))?;
+    let ready_after = start.elapsed().max(ready);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = load.stop().await;
+    // Node 4 alone answers every question about tickets written before it existed.
+    let (converge, report) = history
+        .converge(&fleet, &[4, 1, 2, 3], Duration::from_secs(30))
+        .await?;
+    print_scenario(
+        "scale-up",
+        &report,
+        converge,
+        &format!("node4_ready={:.1}s", ready_after.as_secs_f64()),
+    );
+    assert_clean("scale-up", &report, &fleet);
+    let members = fleet.client(&[4], Duration::from_secs(2)).await?.members().await?;
+    assert_eq!(
+        members.iter().filter(|m| m.state == "alive").count(),
+        4,
+        "{members:?}"
+    );
+    Ok(())
+}
+
+/// 5. Garbage to every port of every node from a container without the
+/// secret: nodes stay up, nothing changes, the counters show the rejects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_to_every_port_changes_nothing() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start("garbage", 25, 17141)?;
+    let history = Arc::new(History::default());
+    let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "garbage", history).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut before = Vec::new();
+    for node in 1..=3 {
+        before.push(fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?);
+    }
+    let start = Instant::now();
+    let sent = fleet.noise(&[1, 2, 3])?;
+    let noise_took = start.elapsed();
+    // A wrong token on the API, too.
+    let mut wrong = tessera_client::ClientConfig::default();
+    wrong.token = Some("x".repeat(48));
+    let intruder = Client::connect_with([fleet.api_addr(1)], wrong).await?;
+    assert!(matches!(
+        intruder.get("TGT-anything").await,
+        Err(tessera_client::Error::Unauthenticated(_))
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = load.stop().await;
+    let (converge, report) = history
+        .converge(&fleet, &[1, 2, 3], Duration::from_secs(30))
+        .await?;
+    let mut rejects = Vec::new();
+    for node in 1..=3u8 {
+        assert!(fleet.is_running(node), "node{node} died\n{}", fleet.logs());
+        assert_eq!(fleet.health(node)?, "healthy");
+        let after = fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?;
+        let earlier = &before[usize::from(node) - 1];
+        let handshakes = after.peer_handshakes_rejected - earlier.peer_handshakes_rejected;
+        rejects.push(format!("node{node}_handshakes_rejected={handshakes}"));
+        assert!(handshakes > 0, "node{node}: {after:?}");
+        assert_eq!(after.bad_records, earlier.bad_records, "node{node}");
+    }
+    let api = fleet.client(&[1], Duration::from_secs(5)).await?.stats().await?;
+    assert!(api.api_rejections >= 1, "{api:?}");
+    // Every node still counts the same tickets.
+    let mut counts = Vec::new();
+    for node in 1..=3 {
+        counts.push(fleet.client(&[node], Duration::from_secs(5)).await?.count().await?.total);
+    }
+    assert!(counts.windows(2).all(|w| w[0] == w[1]), "{counts:?}");
+    print_scenario(
+        "garbage",
+        &report,
+        converge,
+        &format!(
+            "{} api_rejections={} noise={:.1}s [{}]",
+            rejects.join(" "),
+            api.api_rejections,
+            noise_took.as_secs_f64(),
+            sent.replace('\n', " | ")
+        ),
+    );
+    assert_clean("garbage", &report, &fleet);
+    Ok(())
+}
+
+/// 2. Partition one node away while both sides take writes and sessions are
+/// logged out on the majority side; heal; everything converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_heal() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start("partition", 22, 17111)?;
+    let history = Arc::new(History::default());
+    let majority = Load::start(&fleet, &User::spread(6, &[1, 2]), "major", history.clone()).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let partitioned_at = Instant::now();
+    fleet.disconnect(3)?;
+    let observer = fleet.client(&[1], Duration::from_secs(2)).await?;
+    let split = wait_gone(&observer, "node3", partitioned_at, Duration::from_secs(15)).await;
+    // The minority side takes writes too (through its own API port).
+    let minority_users = vec![
+        User {
+            issuer: vec![3],
+            validator: vec![3],
+        };
+        3
+    ];
+    let minority =
+        Load::start(&fleet, &minority_users, "minor", history.clone()).await?;
+    // Logouts on the majority side of sessions both sides hold.
+    let logged_out = logout_some(&history, &observer, 30).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    minority.stop().await;
+    let refused = history.consumes_refused();
+
+    let healed_at = Instant::now();
+    fleet.connect(3)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = majority.stop().await;
+    fleet.wait_healthy(&[1, 2, 3], Duration::from_secs(60))?;
+    let (_, report) = history
+        .converge(&fleet, &[1, 2, 3], Duration::from_secs(60))
+        .await?;
+    // From the heal until every node agrees with the history.
+    let converge = healed_at.elapsed();
+    print_scenario(
+        "partition",
+        &report,
+        converge,
+        &format!(
+            "split_seen={:.1}s logged_out_on_majority={logged_out} minority_consumes_refused={refused}",
+            split.as_secs_f64()
+        ),
+    );
+    assert_clean("partition", &report, &fleet);
+    assert!(logged_out > 0);
+    assert!(refused > 0, "the minority never refused a consume: {report:?}");
+    Ok(())
+}
+
+/// 6. One node's clock 30 s ahead of the others (the skew budget is 1 s): it
+/// is reported, and no ticket expires early or late on the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_clock_changes_no_expiry_decision() -> anyhow::Result<()> {
+    let _serial = one_at_a_time();
+    let fleet = Fleet::start_with_env(
+        "skew",
+        26,
+        17151,
+        &[(3, "TESSERA_CLOCK_OFFSET", "+30s")],
+        &[1, 2],
+    )?;
+    let writer = fleet.client(&[1, 2], Duration::from_secs(5)).await?;
+    let put = |id: String, ttl: u64, idle: Option<u64>| {
+        let mut ticket = tessera_client::NewTicket::new(id, Duration::from_secs(ttl))
+            .kind("TGT")
+            .principal("skew");
+        if let Some(idle) = idle {
+            ticket = ticket.idle(Duration::from_secs(idle));
+        }
+        ticket
+    };
+    // Hard deadline in 20 s; idle 6 s kept alive by touches; idle 6 s left alone.
+    let (hard, kept, idle) = (20, 300, 300);
+    let start = Instant::now();
+    for i in 0..50 {
+        writer.put(put(format!("TGT-hard-{i}"), hard, None)).await?;
+        writer.put(put(format!("TGT-kept-{i}"), kept, Some(6))).await?;
+        writer.put(put(format!("TGT-idle-{i}"), idle, Some(6))).await?;
+    }
+    // Ask node1 and node2 directly, while touching the kept ones every 2 s.
+    let readers = [
+        fleet.client(&[1], Duration::from_secs(5)).await?,
+        fleet.client(&[2], Duration::from_secs(5)).await?,
+    ];
+    let live = |client: &Client, prefix: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut live = 0;
+            for i in 0..50 {
+                if client.get(&format!("TGT-{prefix}-{i}")).await.is_ok() {
+                    live += 1;
+                }
+            }
+            live
+        }
+    };
+    let mut early = 0;
+    let mut late = 0;
+    while start.elapsed() < Duration::from_secs(26) {
+        for i in 0..50 {
+            writer.touch(&format!("TGT-kept-{i}")).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let at = start.elapsed();
+        for reader in &readers {
+            let (hard_live, kept_live, idle_live) = (
+                live(reader, "hard").await,
+                live(reader, "kept").await,
+                live(reader, "idle").await,
+            );
+            // A second of slack on each side of every deadline for the
+            // time the reads themselves take.
+            if at < Duration::from_secs(19) {
+                early += 50 - hard_live;
+            } else if at > Duration::from_secs(22) {
+                late += hard_live;
+            }
+            early += 50 - kept_live;
+            if at > Duration::from_secs(9) {
+                late += idle_live;
+            } else if at < Duration::from_secs(5) {
+                early += 50 - idle_live;
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for node in [1u8, 2] {
+        let stats = fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?;
+        reports.push(stats.clock_skew_reports);
+    }
+    let skewed_health = fleet.health(3)?;
+    println!(
+        "SCENARIO skew: early_expiries={early} late_expiries={late} clock_skew_reports={reports:?} node3_health={skewed_health}"
+    );
+    assert_eq!(early, 0, "tickets expired early on node1/node2\n{}", fleet.logs());
+    assert_eq!(late, 0, "tickets outlived their deadline on node1/node2");
+    assert!(reports.iter().all(|r| *r > 0), "skew not reported: {reports:?}");
+    Ok(())
+}

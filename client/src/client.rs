@@ -464,8 +464,12 @@ impl Client {
                     Err(_) => Failure::Elapsed(self.call_timeout),
                 };
             if !fails_over(&failure, idempotency) {
-                // The node answered (or may have): it is reachable, keep using it.
-                if !fails_over(&failure, Idempotency::Idempotent) {
+                if fails_over(&failure, Idempotency::Idempotent) {
+                    // The node did not answer: this call may not be repeated
+                    // elsewhere, but the next ones should not start there.
+                    self.prefer((index + 1) % count);
+                } else {
+                    // The node answered: it is reachable, keep using it.
                     self.prefer(index);
                 }
                 return Err(attempt_error(&node.addr, failure));

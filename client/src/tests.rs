@@ -414,23 +414,28 @@ async fn create_only_put_and_cas_update_do_not_fail_over_on_unavailable() {
     let (live, stats) = spawn("live", Mode::Serve).await;
     let new = || NewTicket::new("TGT-1", Duration::from_secs(60));
 
+    // A fresh client each time: a failed call moves the preference on.
     let c = client(&[&busy, &live], SECOND).await;
     assert!(matches!(
         c.put(new().create_only(true)).await,
         Err(Error::Unavailable(_))
     ));
+    assert_eq!(c.preferred(), 1, "the next call starts on the other node");
     let cas = crate::TicketUpdate {
         if_version: Some("v1".into()),
         ..Default::default()
     };
+    let c = client(&[&busy, &live], SECOND).await;
     assert!(matches!(
         c.update("TGT-1", cas).await,
         Err(Error::Unavailable(_))
     ));
+    let c = client(&[&busy, &live], SECOND).await;
     assert!(matches!(c.touch("TGT-1").await, Err(Error::Unavailable(_))));
     assert_eq!(stats.calls(), 0);
 
     // Plain put and update are idempotent and fail over.
+    let c = client(&[&busy, &live], SECOND).await;
     c.put(new()).await.expect("plain put fails over");
     let c = client(&[&busy, &live], SECOND).await;
     c.update("TGT-1", crate::TicketUpdate::default())

@@ -132,10 +132,10 @@ mod tests;
 pub use client::{Client, ClientConfig};
 pub use error::Error;
 pub use stream::TicketStream;
-pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
 /// A node's counters, as [`Client::stats`] returns them (the wire message itself:
 /// fields are only ever added).
 pub use tessera_proto::v1::NodeStats;
+pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
 
 /// The generated protobuf types, for callers that need the raw API.
 pub use tessera_proto as proto;

@@ -220,6 +220,9 @@ impl TicketStore for Fake {
     ) -> Result<Response<pb::MembersResponse>, Status> {
         Err(Status::unimplemented("members"))
     }
+    async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::NodeStats>, Status> {
+        Err(Status::unimplemented("stats"))
+    }
 }
 
 /// Starts a fake node on 127.0.0.1; returns its address and call statistics.

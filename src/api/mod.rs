@@ -267,7 +267,11 @@ impl TicketStore for TicketApi {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<NodeStats>, Status> {
         let node = &self.node;
         let replication = &node.replicator.stats;
-        let peer = node.peer_net.as_deref().map(PeerNet::stats).unwrap_or_default();
+        let peer = node
+            .peer_net
+            .as_deref()
+            .map(PeerNet::stats)
+            .unwrap_or_default();
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(NodeStats {
             node_id: node.node_id.clone(),

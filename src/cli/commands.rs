@@ -208,7 +208,10 @@ pub async fn health(global: &GlobalArgs) -> Exit {
         .await;
         let (exit, said) = match status {
             Ok(ServingStatus::Serving) => (Exit::Ok, "serving".to_owned()),
-            Ok(other) => (Exit::NotThere, format!("not ready ({})", other.as_str_name())),
+            Ok(other) => (
+                Exit::NotThere,
+                format!("not ready ({})", other.as_str_name()),
+            ),
             Err(reason) => (Exit::Failed, format!("unreachable: {reason}")),
         };
         println!("{addr}\t{said}");

@@ -818,8 +818,23 @@ async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
     assert!(shown_not_ready.await, "members still show node-2 ready");
     let err = cluster.client(2).await.get(long).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Unavailable(m) if m.starts_with("fenced:")),
+        matches!(&err, Error::Unavailable(m) if m.contains(": fenced: ")),
         "fast node answered: {err}"
+    );
+    let stats = cluster.client(0).await.stats().await.unwrap();
+    assert!(
+        !stats.clock_fenced && stats.clock_skew_reports > 0,
+        "{stats:?}"
+    );
+    assert!(skew_reports(cluster.node(1)) > 0);
+    assert!(!cluster.node(1).replicator().clock_fenced());
+    assert!(fast.replicator().clock_fenced());
+    assert_eq!(
+        fast.replicator()
+            .stats
+            .clock_fences
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
     cluster.stop_all().await;
 }

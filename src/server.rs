@@ -306,7 +306,9 @@ pub async fn start_with(
     let store = Arc::new(Store::new(config.store_config(), hlc));
     let replicator = Replicator::new(store.clone(), config.replication_config());
     let workers = Shutdown::new();
-    let mut worker_tasks = vec![worker::spawn(Sweeper::new(store.clone()), &workers)];
+    let fence = replicator.clone();
+    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || fence.clock_fenced());
+    let mut worker_tasks = vec![worker::spawn(sweeper, &workers)];
     let mut followers = Vec::new();
     let advertised_api = SocketAddr::new(advertise_ip, api_addr.port());
 
@@ -551,9 +553,11 @@ async fn follow_membership(
     }
 }
 
-/// Ready means: not draining, discovery answered, and caught up with a peer,
-/// or alone by design (nothing discovered and an expected size of 1). Never a
-/// silent cluster of one because discovery failed.
+/// Ready means: not draining, not fenced for its clock, discovery answered, and
+/// caught up with a peer, or alone by design (nothing discovered and an
+/// expected size of 1). Never a silent cluster of one because discovery failed;
+/// never a node whose clock most peers disagree with (load balancers move its
+/// clients away while it refuses calls).
 async fn report_readiness(
     node: Arc<NodeInfo>,
     membership: Membership,
@@ -570,6 +574,7 @@ async fn report_readiness(
             && membership.live_members().len() <= 1;
         let discovered = !matches!(&*discovery.borrow(), DiscoveryStatus::Starting);
         let ready = !node.draining.load(Ordering::Acquire)
+            && !node.replicator.clock_fenced()
             && discovered
             && (synced.load(Ordering::Acquire) || alone_by_design);
         node.ready.store(ready, Ordering::Release);

@@ -4,13 +4,18 @@
 //! never wait behind it. Correctness does not depend on it: reads check
 //! liveness themselves; the sweeper frees memory, keeps counts true and turns
 //! dead tickets into tombstones that cascade to their children.
+//!
+//! While the node's clock is fenced (see `Replicator::clock_fenced`) expiry is
+//! held: tombstones taken on a wrong clock would replicate and kill tickets that
+//! are live elsewhere. Due keys then stay due, so instead of waking for them
+//! the sweeper re-checks the fence every [`HOLD_RECHECK`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::debug;
 
-use crate::store::Store;
+use crate::store::{Expiry, Store};
 use crate::worker::{Worker, WorkerState};
 
 /// Entries handled per slice.
@@ -19,13 +24,32 @@ pub const SWEEP_SLICE: usize = 512;
 /// Longest sleep between checks, as a backstop against a missed wake-up.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// How often a sweeper holding expiry looks whether it may resume.
+pub const HOLD_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether expiry must be held now.
+type HoldExpiry = Box<dyn Fn() -> bool + Send>;
+
 pub struct Sweeper {
     store: Arc<Store>,
+    hold_expiry: HoldExpiry,
+    /// Whether the last slice held expiry.
+    holding: bool,
 }
 
 impl Sweeper {
     pub fn new(store: Arc<Store>) -> Sweeper {
-        Sweeper { store }
+        Sweeper {
+            store,
+            hold_expiry: Box::new(|| false),
+            holding: false,
+        }
+    }
+
+    /// Hold expiry whenever `hold` says so (the node's clock is fenced).
+    pub fn holding_expiry_while(mut self, hold: impl Fn() -> bool + Send + 'static) -> Sweeper {
+        self.hold_expiry = Box::new(hold);
+        self
     }
 }
 
@@ -35,11 +59,22 @@ impl Worker for Sweeper {
     }
 
     async fn work(&mut self) -> WorkerState {
-        let report = self.store.sweep(SWEEP_SLICE);
-        if report.expired + report.purged > 0 {
-            debug!(expired = report.expired, purged = report.purged, "swept");
+        self.holding = (self.hold_expiry)();
+        let expiry = if self.holding {
+            Expiry::Hold
+        } else {
+            Expiry::Tombstone
+        };
+        let report = self.store.sweep(SWEEP_SLICE, expiry);
+        if report.expired + report.purged + report.held > 0 {
+            debug!(
+                expired = report.expired,
+                purged = report.purged,
+                held = report.held,
+                "swept"
+            );
         }
-        if report.more_due {
+        if report.more_due && !self.holding {
             WorkerState::Busy
         } else {
             WorkerState::Idle
@@ -47,6 +82,10 @@ impl Worker for Sweeper {
     }
 
     async fn wait_for_work(&mut self) {
+        if self.holding {
+            tokio::time::sleep(HOLD_RECHECK).await;
+            return;
+        }
         let store = &self.store;
         let clock = store.hlc().clock().clone();
         let next = store.next_due().unwrap_or(u64::MAX);

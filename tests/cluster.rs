@@ -8,11 +8,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tessera::clock::Clock;
 use tessera::config::{DiscoveryMode, NodeConfig};
 use tessera::secret::{ApiToken, ClusterSecret};
 use tessera::server::{self, NodeHandle, NodeOptions};
 use tessera::store::PutTicket;
 use tessera_client::{Client, ClientConfig, Error, NewTicket};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const TEN_MIN: Duration = Duration::from_secs(600);
 
@@ -50,22 +52,32 @@ struct Cluster {
     nodes: Vec<Option<NodeHandle>>,
     gossip: Vec<SocketAddr>,
     secret: ClusterSecret,
+    /// Per node, how far its clock runs ahead of the system's (ms; absent: 0).
+    clock_offsets_ms: Vec<i64>,
 }
 
 impl Cluster {
     /// Start `size` nodes seeded with each other and wait until all are ready.
     async fn start(size: usize) -> Cluster {
+        let cluster = Cluster::launch(size, &[]).await;
+        cluster.wait_converged_membership().await;
+        cluster
+    }
+
+    /// Start `size` nodes seeded with each other, node `n` on a clock shifted
+    /// by `clock_offsets_ms[n]`, without waiting for anything.
+    async fn launch(size: usize, clock_offsets_ms: &[i64]) -> Cluster {
         let gossip: Vec<SocketAddr> = (0..size).map(|_| free_gossip_addr()).collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             gossip,
             secret: secret(),
+            clock_offsets_ms: clock_offsets_ms.to_vec(),
         };
         for n in 0..size {
             let node = cluster.start_node(n).await;
             cluster.nodes.push(Some(node));
         }
-        cluster.wait_converged_membership().await;
         cluster
     }
 
@@ -89,6 +101,10 @@ impl Cluster {
             NodeOptions {
                 secret: Some(self.secret.clone()),
                 api_token: Some(api_token()),
+                clock: self
+                    .clock_offsets_ms
+                    .get(n)
+                    .map(|&offset| Clock::system().with_offset(offset)),
                 ..NodeOptions::default()
             },
         )
@@ -220,6 +236,23 @@ async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     condition()
+}
+
+/// What the node's standard health service answers for the whole server.
+async fn health(node: &NodeHandle) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
 }
 
 fn st(id: &str) -> NewTicket {
@@ -623,6 +656,7 @@ async fn a_node_whose_discovery_fails_reports_not_ready() {
         nodes: Vec::new(),
         gossip: vec![free_gossip_addr()],
         secret: secret(),
+        clock_offsets_ms: Vec::new(),
     };
     let mut config = cluster.config(0);
     config.seeds = vec!["no-such-host.invalid:7946".into()];
@@ -638,22 +672,7 @@ async fn a_node_whose_discovery_fails_reports_not_ready() {
     .expect("node starts");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!node.is_ready(), "discovery fails, yet the node says ready");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    assert_eq!(health(&node).await, ServingStatus::NotServing as i32);
     node.stop().await.unwrap();
 }
 
@@ -688,4 +707,141 @@ async fn garbage_on_the_gossip_port_changes_nothing() {
         .await
         .unwrap();
     cluster.stop_all().await;
+}
+
+/// A node whose clock runs 30 s ahead (budget 1 s) changes no expiry decision
+/// of the others. Unfenced, its sweeper tombstones tickets it believes expired
+/// (a 40 s ticket 10 s after the put, an idle session at once, as every touch
+/// taken on the honest nodes looks 30 s old there) and anti-entropy carries the
+/// tombstones to the honest nodes, where remove-wins kills live tickets. It must
+/// fence itself instead: no expiry tombstones, not ready, every call refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
+    const AHEAD_MS: i64 = 30_000;
+    let cluster = Cluster::launch(3, &[0, 0, AHEAD_MS]).await;
+    let formed = wait_until(Duration::from_secs(30), || {
+        cluster.running().all(|n| live_ids(n).len() == 3)
+            && cluster.node(0).is_ready()
+            && cluster.node(1).is_ready()
+    })
+    .await;
+    assert!(formed, "cluster did not form: {}", cluster.describe());
+    // Both honest nodes have exchanged frames with the fast one (so it has seen
+    // theirs too); a moment more for its fence to follow.
+    let compared = wait_until(Duration::from_secs(10), || {
+        [0, 1].iter().all(|&n| skew_reports(cluster.node(n)) > 0)
+    })
+    .await;
+    assert!(compared, "no skew reported: {}", cluster.describe());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let a = cluster.client(0).await;
+    let b = cluster.client(1).await;
+    let start = Instant::now();
+    let short = "ST-1-skew";
+    let long = "TGT-1-skew";
+    let idle = "TGT-2-skew";
+    a.put(NewTicket::new(short, Duration::from_secs(8)))
+        .await
+        .unwrap();
+    a.put(NewTicket::new(long, Duration::from_secs(40)))
+        .await
+        .unwrap();
+    a.put(NewTicket::new(idle, TEN_MIN).idle(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    // 13 s of a session in use through A: every ticket stays live on A and B
+    // until its own deadline (the short one is checked with a second's margin).
+    let mut last_touch = Instant::now();
+    while start.elapsed() < Duration::from_secs(13) {
+        if let Err(e) = a.touch(idle).await {
+            panic!(
+                "{idle} died early: touch on node-0, {:?} after the put: {e}",
+                start.elapsed()
+            );
+        }
+        last_touch = Instant::now();
+        let mut expect_live = vec![long, idle];
+        if start.elapsed() < Duration::from_secs(7) {
+            expect_live.push(short);
+        }
+        for (name, client) in [("node-0", &a), ("node-1", &b)] {
+            for id in &expect_live {
+                if let Err(e) = client.get(id).await {
+                    panic!(
+                        "{id} died early on {name}, {:?} after the put: {e}",
+                        start.elapsed()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The short ticket expired on time, the idle one expires on time once the
+    // touches stop, the long one lives on.
+    for client in [&a, &b] {
+        assert!(client.get(short).await.unwrap_err().is_not_found());
+    }
+    let idle_end = last_touch + Duration::from_secs(4);
+    let mut idle_gone = false;
+    while Instant::now() < idle_end + Duration::from_millis(1_500) {
+        let a_gone = a.get(idle).await.is_err_and(|e| e.is_not_found());
+        let b_gone = b.get(idle).await.is_err_and(|e| e.is_not_found());
+        if Instant::now() + Duration::from_millis(200) < idle_end {
+            assert!(!a_gone && !b_gone, "{idle} died before its idle timeout");
+        } else if a_gone && b_gone {
+            idle_gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(idle_gone, "{idle} outlived its idle timeout on A or B");
+    for client in [&a, &b] {
+        client.get(long).await.expect("the 40 s ticket lives on");
+    }
+
+    // The fast node fenced itself: not ready (health and members say so) and
+    // refusing calls with a status clients fail over on.
+    let fast = cluster.node(2);
+    assert!(!fast.is_ready(), "{}", cluster.describe());
+    assert_eq!(health(fast).await, ServingStatus::NotServing as i32);
+    let shown_not_ready = async {
+        for _ in 0..50 {
+            let members = a.members().await.unwrap();
+            if members.iter().any(|m| m.node_id == "node-2" && !m.ready) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(shown_not_ready.await, "members still show node-2 ready");
+    let err = cluster.client(2).await.get(long).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unavailable(m) if m.contains(": fenced: ")),
+        "fast node answered: {err}"
+    );
+    let stats = cluster.client(0).await.stats().await.unwrap();
+    assert!(
+        !stats.clock_fenced && stats.clock_skew_reports > 0,
+        "{stats:?}"
+    );
+    assert!(skew_reports(cluster.node(1)) > 0);
+    assert!(!cluster.node(1).replicator().clock_fenced());
+    assert!(fast.replicator().clock_fenced());
+    assert_eq!(
+        fast.replicator()
+            .stats
+            .clock_fences
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    cluster.stop_all().await;
+}
+
+fn skew_reports(node: &NodeHandle) -> u64 {
+    node.replicator()
+        .stats
+        .clock_skew_reports
+        .load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -4,7 +4,8 @@
 //! failure that says "this node did not answer" (`UNAVAILABLE`, a timeout, a broken
 //! connection), because doing it twice is harmless. A call that is not idempotent
 //! is repeated only when the first node provably did not act on it: the connection
-//! was never established, or the node refused because it is draining. After a
+//! was never established, or the node refused because it is draining or fenced
+//! for its clock. After a
 //! timeout or a connection lost mid-call the request may well have been applied,
 //! and a second consume on another node would count the use twice (a service
 //! ticket with `max_uses = 1` would then fail validation although the user did
@@ -66,17 +67,24 @@ pub(crate) fn node_did_not_answer(status: &Status) -> bool {
 
 /// True only when the request can not have been acted upon by the server.
 pub(crate) fn never_reached_server(status: &Status) -> bool {
-    is_draining(status) || is_connect_failure(status)
+    is_refused_unacted(status) || is_connect_failure(status)
 }
 
-/// A draining node refuses every call with `UNAVAILABLE: draining...` before
-/// touching any ticket.
-fn is_draining(status: &Status) -> bool {
+/// Message prefixes of the `UNAVAILABLE` refusals a node gives before touching
+/// any ticket: `draining` (it is shutting down) and `fenced` (its clock
+/// disagrees with most of its peers, so it takes no decision at all).
+const UNACTED_PREFIXES: [&str; 2] = ["draining", "fenced"];
+
+/// The node refused the call before acting on it (see [`UNACTED_PREFIXES`]):
+/// another node may do it, even when the call is not idempotent.
+fn is_refused_unacted(status: &Status) -> bool {
     status.code() == Code::Unavailable
-        && status
-            .message()
-            .get(..8)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("draining"))
+        && UNACTED_PREFIXES.iter().any(|prefix| {
+            status
+                .message()
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        })
 }
 
 /// The connection was never established (refused, unroutable, connect timeout,
@@ -162,10 +170,24 @@ mod tests {
     }
 
     #[test]
+    fn fenced_fails_over_for_every_call() {
+        let status =
+            Status::unavailable("fenced: this node's clock disagrees with most of its peers");
+        assert_eq!(both(Failure::Status(status)), (true, true));
+        let status = Status::unavailable("FENCED");
+        assert_eq!(both(Failure::Status(status)), (true, true));
+        // Only the refusal's own code counts.
+        let status = Status::failed_precondition("fenced: something else");
+        assert_eq!(both(Failure::Status(status)), (false, false));
+    }
+
+    #[test]
     fn other_unavailable_fails_over_only_when_idempotent() {
         let status = Status::unavailable("not ready: still joining");
         assert_eq!(both(Failure::Status(status)), (true, false));
         let status = Status::unavailable("dra");
+        assert_eq!(both(Failure::Status(status)), (true, false));
+        let status = Status::unavailable("the arbiter is fenced");
         assert_eq!(both(Failure::Status(status)), (true, false));
     }
 

@@ -76,7 +76,8 @@
 //!   `update` with `if_version`) move on only when the first node provably did
 //!   not act on the request: the connection could not be established (refused,
 //!   unroutable, connect timeout), or the node answered `UNAVAILABLE` with a
-//!   message starting with `draining` (a draining node refuses every call before
+//!   message starting with `draining` or `fenced` (a node that is shutting down,
+//!   or whose clock disagrees with most of its peers, refuses every call before
 //!   touching any ticket).
 //!
 //! Why the difference: after a timeout or a connection lost mid-call, the
@@ -132,10 +133,10 @@ mod tests;
 pub use client::{Client, ClientConfig};
 pub use error::Error;
 pub use stream::TicketStream;
-pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
 /// A node's counters, as [`Client::stats`] returns them (the wire message itself:
 /// fields are only ever added).
 pub use tessera_proto::v1::NodeStats;
+pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
 
 /// The generated protobuf types, for callers that need the raw API.
 pub use tessera_proto as proto;

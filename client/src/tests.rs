@@ -220,6 +220,9 @@ impl TicketStore for Fake {
     ) -> Result<Response<pb::MembersResponse>, Status> {
         Err(Status::unimplemented("members"))
     }
+    async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::NodeStats>, Status> {
+        Err(Status::unimplemented("stats"))
+    }
 }
 
 /// Starts a fake node on 127.0.0.1; returns its address and call statistics.
@@ -338,21 +341,20 @@ async fn consume_fails_over_when_the_connection_is_refused() {
     assert_eq!(stats.calls(), 1);
 }
 
+/// Draining and fenced nodes refuse before acting: even a consume moves on.
 #[tokio::test]
-async fn consume_fails_over_from_a_draining_node() {
-    let (draining, drained) = spawn(
-        "draining",
-        Mode::Fail(Code::Unavailable, "draining: node is shutting down"),
-    )
-    .await;
-    let (live, stats) = spawn("live", Mode::Serve).await;
-    let client = client(&[&draining, &live], SECOND).await;
-    let ticket = client
-        .consume("ST-1")
-        .await
-        .expect("draining node refused it");
-    assert_eq!(ticket.version, "live");
-    assert_eq!((drained.calls(), stats.calls()), (1, 1));
+async fn consume_fails_over_from_a_draining_or_fenced_node() {
+    for refusal in [
+        "draining: node is shutting down",
+        "fenced: this node's clock disagrees with most of its peers",
+    ] {
+        let (refusing, refused) = spawn("refusing", Mode::Fail(Code::Unavailable, refusal)).await;
+        let (live, stats) = spawn("live", Mode::Serve).await;
+        let client = client(&[&refusing, &live], SECOND).await;
+        let ticket = client.consume("ST-1").await.expect(refusal);
+        assert_eq!(ticket.version, "live");
+        assert_eq!((refused.calls(), stats.calls()), (1, 1));
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! Handlers only translate: wire types in, a call to replication (writes and
 //! reads that may need peers) or to the local store (counts, listings), wire
 //! types out. A draining node refuses new calls with UNAVAILABLE "draining",
-//! which clients fail over on. Who may call at all is decided before any
-//! handler runs, in [`auth`].
+//! and a node fenced for its clock refuses every ticket call with UNAVAILABLE
+//! "fenced" (its expiry decisions would be wrong); clients fail over on both.
+//! Who may call at all is decided before any handler runs, in [`auth`].
 
 pub mod auth;
 mod convert;
@@ -28,7 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::membership::Membership;
 use crate::peer::net::PeerNet;
-use crate::replication::Replicator;
+use crate::replication::{FENCED, Replicator};
 use crate::store::{ListCursor, ListFilter, Store};
 pub use auth::{ApiAuth, AuthStats};
 use convert::{put_ticket, update_ticket};
@@ -68,13 +69,25 @@ impl TicketApi {
         TicketApi { node, store }
     }
 
+    /// The replicator, for a call that may change or read tickets through
+    /// peers; refused while draining or fenced, before any ticket is touched.
     fn serving(&self) -> Result<&Replicator, Status> {
         if self.node.draining.load(Ordering::Acquire) {
-            Err(Status::unavailable(
+            return Err(Status::unavailable(
                 "draining: this node is shutting down; use another node",
-            ))
+            ));
+        }
+        self.clock_trusted()?;
+        Ok(&self.node.replicator)
+    }
+
+    /// Refuse while fenced for the clock: every answer about tickets depends on
+    /// which ones are expired, which this node's clock cannot tell.
+    fn clock_trusted(&self) -> Result<(), Status> {
+        if self.node.replicator.clock_fenced() {
+            Err(Status::unavailable(FENCED))
         } else {
-            Ok(&self.node.replicator)
+            Ok(())
         }
     }
 }
@@ -166,6 +179,7 @@ impl TicketStore for TicketApi {
         &self,
         _request: Request<CountRequest>,
     ) -> Result<Response<CountResponse>, Status> {
+        self.clock_trusted()?;
         let counts = self.store.count();
         Ok(Response::new(CountResponse {
             total: counts.total,
@@ -177,6 +191,7 @@ impl TicketStore for TicketApi {
         &self,
         request: Request<SessionsForRequest>,
     ) -> Result<Response<SessionsForResponse>, Status> {
+        self.clock_trusted()?;
         let sessions = self
             .store
             .sessions_for(&request.into_inner().principal)
@@ -189,6 +204,7 @@ impl TicketStore for TicketApi {
     type ListStream = TicketStream;
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<TicketStream>, Status> {
+        self.clock_trusted()?;
         let request = request.into_inner();
         if let Some(kind) = &request.kind {
             crate::ticket::validate_kind(kind).map_err(to_status)?;
@@ -267,12 +283,18 @@ impl TicketStore for TicketApi {
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<NodeStats>, Status> {
         let node = &self.node;
         let replication = &node.replicator.stats;
-        let peer = node.peer_net.as_deref().map(PeerNet::stats).unwrap_or_default();
+        let peer = node
+            .peer_net
+            .as_deref()
+            .map(PeerNet::stats)
+            .unwrap_or_default();
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(NodeStats {
             node_id: node.node_id.clone(),
             ready: node.ready.load(Ordering::Acquire),
             draining: node.draining.load(Ordering::Acquire),
+            clock_fenced: node.replicator.clock_fenced(),
+            clock_fences: load(&replication.clock_fences),
             tickets: self.store.count().total,
             api_rejections: node.auth_stats.rejections(),
             peer_handshakes_ok: peer.handshakes_ok,

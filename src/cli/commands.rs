@@ -168,11 +168,13 @@ fn stats_fields(stats: &NodeStats) -> Vec<(String, serde_json::Value)> {
         ("decisions_forwarded", stats.decisions_forwarded),
         ("clock_skew_reports", stats.clock_skew_reports),
         ("bad_records", stats.bad_records),
+        ("clock_fences", stats.clock_fences),
     ];
     let mut fields = vec![
         ("node_id".to_owned(), stats.node_id.clone().into()),
         ("ready".to_owned(), stats.ready.into()),
         ("draining".to_owned(), stats.draining.into()),
+        ("clock_fenced".to_owned(), stats.clock_fenced.into()),
     ];
     fields.extend(
         counters
@@ -211,7 +213,10 @@ pub async fn health(global: &GlobalArgs) -> Exit {
         .await;
         let (exit, said) = match status {
             Ok(ServingStatus::Serving) => (Exit::Ok, "serving".to_owned()),
-            Ok(other) => (Exit::NotThere, format!("not ready ({})", other.as_str_name())),
+            Ok(other) => (
+                Exit::NotThere,
+                format!("not ready ({})", other.as_str_name()),
+            ),
             Err(reason) => (Exit::Failed, format!("unreachable: {reason}")),
         };
         println!("{addr}\t{said}");

@@ -11,14 +11,18 @@
 //!   majority of the expected cluster size for each slot (see [`votes`]), so two
 //!   arbiters that disagree on membership can never both spend the same use.
 //! - **Anti-entropy** ([`anti_entropy`]) repairs what pushes missed.
+//! - **Clock fencing.** Every peer frame carries the sender's clock. A node
+//!   whose clock disagrees with most of its live peers by more than the skew
+//!   budget is the odd one out: it fences itself ([`Replicator::clock_fenced`])
+//!   so that its expiry decisions, wrong by its skew, never reach the others.
 
 pub mod anti_entropy;
 mod votes;
 pub mod wire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +34,7 @@ use tessera_proto::peer::{
     Push, PushAck, UpdateOp, Vote, decide,
 };
 use tonic::Code;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::Millis;
 use crate::entry::Entry;
@@ -48,6 +52,10 @@ const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
 const PUSH_BATCH: usize = 512;
 /// Per-ticket decision locks (striped).
 const DECIDER_STRIPES: usize = 1024;
+/// How long a peer seen beyond the skew budget counts as skewed when no later
+/// frame has shown it back within: frames flow every anti-entropy round, so a
+/// peer that went quiet (or left) stops counting soon, and a fence lifts.
+const SKEW_MEMORY: Duration = Duration::from_secs(10);
 
 /// How many nodes must hold a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +112,9 @@ pub struct ReplicationStats {
     pub decisions_forwarded: AtomicU64,
     pub clock_skew_reports: AtomicU64,
     pub bad_records: AtomicU64,
+    /// Times this node fenced itself because its clock disagreed with most of
+    /// its peers (see [`Replicator::clock_fenced`]).
+    pub clock_fences: AtomicU64,
 }
 
 /// Who this node believes is in the cluster.
@@ -116,6 +127,30 @@ struct View {
     largest_at: Instant,
     /// Last time a skewed clock was logged, per peer (rate limit).
     skew_logged: Vec<(NodeId, Instant)>,
+    /// Peers whose last frame showed a clock beyond the skew budget, and when
+    /// (tokio's clock, so tests can move it).
+    skewed: HashMap<NodeId, tokio::time::Instant>,
+}
+
+impl View {
+    /// Whether `peer` was seen beyond the skew budget within [`SKEW_MEMORY`].
+    fn is_skewed(&self, peer: &NodeId, now: tokio::time::Instant) -> bool {
+        self.skewed
+            .get(peer)
+            .is_some_and(|at| now.duration_since(*at) < SKEW_MEMORY)
+    }
+
+    /// The majority rule: with at least 2 live peers, more than half of them
+    /// skewed means this node's clock is the wrong one. With a single peer
+    /// nobody can tell which of the two clocks is wrong: report only.
+    fn clock_suspect(&self, now: tokio::time::Instant) -> bool {
+        let skewed = self
+            .peers
+            .iter()
+            .filter(|peer| self.is_skewed(peer, now))
+            .count();
+        self.peers.len() >= 2 && skewed * 2 > self.peers.len()
+    }
 }
 
 /// The replication layer of one node.
@@ -127,6 +162,8 @@ pub struct Replicator {
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
+    /// The last [`Replicator::clock_fenced`] verdict, to log each change once.
+    fenced: AtomicBool,
     pub stats: ReplicationStats,
 }
 
@@ -142,6 +179,7 @@ impl Replicator {
                 largest: 1,
                 largest_at: Instant::now(),
                 skew_logged: Vec::new(),
+                skewed: HashMap::new(),
             }),
             config,
             network: OnceLock::new(),
@@ -149,6 +187,7 @@ impl Replicator {
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            fenced: AtomicBool::new(false),
             stats: ReplicationStats::default(),
         })
     }
@@ -183,6 +222,8 @@ impl Replicator {
         }
         view.peers.sort();
         view.peers.dedup();
+        let View { peers, skewed, .. } = &mut *view;
+        skewed.retain(|peer, _| peers.binary_search(peer).is_ok());
         let size = view.peers.len() + 1;
         if size >= view.largest || view.largest_at.elapsed() > LARGEST_SEEN_WINDOW {
             view.largest = size;
@@ -214,11 +255,17 @@ impl Replicator {
     }
 
     /// The ticket's arbiter: highest rendezvous hash among live, non-draining
-    /// members (this node included).
+    /// members (this node included) whose clock agrees with this node's: an
+    /// arbiter checks expiry on its own clock.
     pub fn arbiter(&self, id: &str) -> NodeId {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
         std::iter::once(&self.me)
-            .chain(view.peers.iter().filter(|p| !view.draining.contains(*p)))
+            .chain(
+                view.peers
+                    .iter()
+                    .filter(|p| !view.draining.contains(*p) && !view.is_skewed(p, now)),
+            )
             .max_by_key(|node| rendezvous(node, id))
             .cloned()
             .unwrap_or_else(|| self.me.clone())
@@ -226,6 +273,40 @@ impl Replicator {
 
     fn network(&self) -> Option<&Arc<dyn PeerNetwork>> {
         self.network.get()
+    }
+
+    /// Whether this node's clock is suspect now: see [`View::clock_suspect`].
+    pub fn clock_suspect(&self) -> bool {
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clock_suspect(tokio::time::Instant::now())
+    }
+
+    /// Whether this node is fenced for its clock: its clock is suspect, so every
+    /// expiry decision it would take (sweeping, reads, touches, arbitration) is
+    /// off by its skew, and tombstones or `last_used` stamps it wrote would
+    /// spread that error to the honest nodes. While fenced the node tombstones
+    /// nothing for expiry, reports not ready and refuses calls; it lifts the
+    /// fence by itself once frames show its clock back within the budget.
+    ///
+    /// Evaluated on every call (the verdict also changes as [`SKEW_MEMORY`]
+    /// passes); each change is logged once and fences are counted.
+    pub fn clock_fenced(&self) -> bool {
+        let fenced = self.clock_suspect();
+        if self.fenced.swap(fenced, Ordering::AcqRel) != fenced {
+            let budget_ms = self.config.max_clock_skew.as_millis() as u64;
+            if fenced {
+                self.stats.clock_fences.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    budget_ms,
+                    "this node's clock disagrees with most of its peers by more than the skew budget: fenced (no expiry tombstones, not ready, refusing calls) until it agrees again; fix NTP on this node"
+                );
+            } else {
+                info!(budget_ms, "clock back within the skew budget: fence lifted");
+            }
+        }
+        fenced
     }
 
     // ---- client operations ----
@@ -651,6 +732,15 @@ impl Replicator {
                 let Some(op) = decide.op else {
                     return error_reply(Code::InvalidArgument, "decide without an operation");
                 };
+                if self.clock_fenced() {
+                    // Not acted upon: the caller's client may fail over.
+                    return Body::Decided(Decided {
+                        entry: None,
+                        ticket: None,
+                        code: Code::Unavailable as u32,
+                        message: FENCED.to_owned(),
+                    });
+                }
                 debug!(ticket = %tag(&decide.id), from = %from, "deciding for a peer");
                 Body::Decided(match self.decide_here(&decide.id, op).await {
                     Ok((view, entry)) => Decided {
@@ -693,6 +783,25 @@ impl Replicator {
         }
     }
 
+    /// Remember whether `from`'s latest frame showed its clock beyond the
+    /// budget, and let a fence follow at once.
+    fn note_clock(&self, from: &NodeId, beyond: bool) {
+        let known = {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            view.skewed.contains_key(from)
+        };
+        if beyond || known {
+            let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+            if beyond {
+                view.skewed
+                    .insert(from.clone(), tokio::time::Instant::now());
+            } else {
+                view.skewed.remove(from);
+            }
+        }
+        self.clock_fenced();
+    }
+
     fn report_skew(&self, from: &NodeId, skew_ms: i64) {
         self.stats
             .clock_skew_reports
@@ -731,7 +840,9 @@ impl PeerHandler for Replicator {
         let now = self.store.hlc().clock().now_ms();
         let skew_ms = remote.wall_ms as i64 - now as i64;
         let budget = self.config.max_clock_skew.as_millis() as i64;
-        if skew_ms.abs() > budget {
+        let beyond = skew_ms.abs() > budget;
+        self.note_clock(from, beyond);
+        if beyond {
             self.report_skew(from, skew_ms);
             // A clock far ahead must not drag this node's stamps with it.
             if skew_ms > 0 {
@@ -776,6 +887,10 @@ fn rendezvous(node: &NodeId, id: &str) -> u64 {
     first.copy_from_slice(&hash.as_bytes()[..8]);
     u64::from_le_bytes(first)
 }
+
+/// How a fenced node refuses. The `fenced:` prefix tells clients the call was
+/// not acted upon, so even a consume may be retried on another node.
+pub const FENCED: &str = "fenced: this node's clock disagrees with most of its peers by more than the skew budget; use another node";
 
 fn quorum_error(reached: usize, quorum: usize) -> StoreError {
     StoreError::Unavailable(format!(

@@ -387,3 +387,103 @@ async fn a_peer_clock_outside_the_skew_budget_is_reported_and_not_followed() {
         reports
     );
 }
+
+// ---- clock fencing (the majority rule) ----
+
+/// Feed `node` one frame from each of `peers`, their clocks `ahead_ms` off.
+fn frames_from(node: &Replicator, peers: &[&str], ahead_ms: i64) {
+    let now = node.store().hlc().clock().now_ms();
+    for peer in peers {
+        let wall_ms = now.saturating_add_signed(ahead_ms);
+        let reading = hlc_to_wire(crate::clock::Hlc {
+            wall_ms,
+            logical: 0,
+        });
+        node.observe_clock(&NodeId::from(*peer), reading);
+    }
+}
+
+/// A node that sees `peers` live (the default 1 s budget).
+fn node_seeing(peers: &[&str]) -> Arc<Replicator> {
+    let store = Arc::new(Store::new(
+        StoreConfig::default(),
+        HlcClock::new(Clock::starting_at(EPOCH), "me".into()),
+    ));
+    let node = Replicator::new(store, ReplicationConfig::default());
+    node.set_members(peers.iter().map(|p| (NodeId::from(*p), false)));
+    node
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_nodes_report_skew_but_never_fence() {
+    let node = node_seeing(&["b"]);
+    frames_from(&node, &["b"], -30_000);
+    assert!(!node.clock_fenced(), "one peer cannot tell who is wrong");
+    assert_eq!(node.stats.clock_skew_reports.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_most_peers_disagree_with_is_fenced_until_it_agrees() {
+    let node = node_seeing(&["b", "c"]);
+    frames_from(&node, &["b"], -30_000);
+    assert!(!node.clock_fenced(), "one of two is not more than half");
+    frames_from(&node, &["c"], -30_000);
+    assert!(node.clock_fenced());
+    assert!(node.clock_fenced(), "still, and counted once");
+    assert_eq!(node.stats.clock_fences.load(Ordering::Relaxed), 1);
+    // Within the budget (1 s) is agreement.
+    frames_from(&node, &["b"], 900);
+    assert!(
+        !node.clock_fenced(),
+        "a frame within budget clears the peer"
+    );
+    frames_from(&node, &["b"], -30_000);
+    assert!(node.clock_fenced());
+    assert_eq!(node.stats.clock_fences.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fence_lifts_when_skewed_peers_go_quiet_or_leave() {
+    let node = node_seeing(&["b", "c", "d"]);
+    frames_from(&node, &["b", "c"], 30_000);
+    assert!(node.clock_fenced(), "2 of 3 peers, ahead or behind alike");
+    tokio::time::sleep(SKEW_MEMORY).await;
+    assert!(!node.clock_fenced(), "old sightings expire");
+    frames_from(&node, &["b", "c"], 30_000);
+    assert!(node.clock_fenced());
+    node.set_members([("b".into(), false)]);
+    assert!(!node.clock_fenced(), "a single live peer: report only");
+}
+
+#[tokio::test(start_paused = true)]
+async fn skewed_peers_are_never_arbiters() {
+    let node = node_seeing(&["b", "c"]);
+    frames_from(&node, &["b"], 30_000);
+    for n in 0..200 {
+        assert_ne!(&*node.arbiter(&format!("ST-{n}")), "b");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fenced_node_refuses_to_decide_for_peers() {
+    let node = node_seeing(&["b", "c"]);
+    frames_from(&node, &["b", "c"], -30_000);
+    let reply = node
+        .handle_request(
+            &NodeId::from("b"),
+            Body::Decide(Decide {
+                id: "ST-1".into(),
+                op: Some(decide::Op::Consume(ConsumeOp {})),
+            }),
+        )
+        .await;
+    let Body::Decided(decided) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(decided.code, Code::Unavailable as u32);
+    assert!(
+        decided.message.starts_with("fenced:"),
+        "{}",
+        decided.message
+    );
+}

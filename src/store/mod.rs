@@ -113,8 +113,23 @@ pub struct SweepReport {
     pub expired: usize,
     /// Records forgotten (past hard deadline plus skew budget).
     pub purged: usize,
+    /// Tickets this node's clock says expired, left as they are because expiry
+    /// is on hold ([`Expiry::Hold`]).
+    pub held: usize,
     /// More entries are already due: call again.
     pub more_due: bool,
+}
+
+/// What a sweep does with tickets that this node's clock says have expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Turn them into tombstones (which replicate, and win everywhere).
+    Tombstone,
+    /// Leave them: this node's clock is not trusted (fenced), and a tombstone
+    /// taken on it would kill tickets that are still live on the honest nodes.
+    /// Reads check liveness themselves, so nothing expired is served meanwhile;
+    /// forgetting records past retention goes on (it does not replicate).
+    Hold,
 }
 
 /// What a delete is removing: the tombstones written (to replicate) and which
@@ -914,9 +929,10 @@ impl Store {
     }
 
     /// Handle at most `budget` due entries: live tickets that died become
-    /// tombstones (cascading to their children), tombstones and dead records
-    /// past retention are forgotten. Each shard lock is held for one slice only.
-    pub fn sweep(&self, budget: usize) -> SweepReport {
+    /// tombstones (cascading to their children) unless `expiry` holds them,
+    /// tombstones and dead records past retention are forgotten. Each shard lock
+    /// is held for one slice only.
+    pub fn sweep(&self, budget: usize, expiry: Expiry) -> SweepReport {
         let now = self.now();
         let mut report = SweepReport::default();
         let mut changes = Vec::new();
@@ -927,8 +943,17 @@ impl Store {
                 break;
             }
             let mut shard = self.lock(index);
+            // Held keys stay in the index: step past them, not onto them again.
+            let mut after: Option<(Millis, Arc<str>)> = None;
             while left > 0 {
-                let Some((due, id)) = shard.due.first().cloned() else {
+                let next = match &after {
+                    None => shard.due.first(),
+                    Some(held) => shard
+                        .due
+                        .range((Bound::Excluded(held), Bound::Unbounded))
+                        .next(),
+                };
+                let Some((due, id)) = next.cloned() else {
                     break;
                 };
                 if due > now {
@@ -950,6 +975,9 @@ impl Store {
                     // exact); drop the stray key rather than spin on it.
                     tracing::warn!(ticket = %tag(&id), "sweeper found a stale index key");
                     shard.due.remove(&(due, id));
+                } else if expiry == Expiry::Hold && entry.liveness(now) == Liveness::Expired {
+                    report.held += 1;
+                    after = Some((due, id));
                 } else {
                     report.expired += 1;
                     self.apply_locked(

@@ -380,6 +380,45 @@ async fn sweeper_removes_dead_tickets_and_later_their_tombstones() {
     sweeper.await.unwrap();
 }
 
+/// While the hold lasts, due tickets stay live records and the sweeper checks
+/// the hold about once a second (it does not spin on the due keys); once the
+/// hold ends it tombstones them.
+#[tokio::test(start_paused = true)]
+async fn a_holding_sweeper_waits_without_spinning_then_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let store = Arc::new(store());
+    let shutdown = Shutdown::new();
+    let hold = Arc::new(AtomicBool::new(true));
+    let checks = Arc::new(AtomicUsize::new(0));
+    let (held, counted) = (hold.clone(), checks.clone());
+    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        held.load(Ordering::Relaxed)
+    });
+    let _sweeper = worker::spawn(sweeper, &shutdown);
+    // Idle tickets: due after 1 s (plus the skew budget), kept for 60 s.
+    for n in 0..1_000 {
+        store
+            .put(PutTicket {
+                idle_ms: Some(1_000),
+                ..put(&format!("TGT-{n}"), 60_000)
+            })
+            .unwrap();
+    }
+    secs(2).await;
+    let before = checks.load(Ordering::Relaxed);
+    secs(10).await;
+    let during = checks.load(Ordering::Relaxed) - before;
+    assert!((9..=12).contains(&during), "{during} checks in 10 s");
+    assert_eq!(stored_state(&store, "TGT-7"), Some(false), "no tombstone");
+    assert!(store.get("TGT-7").is_err(), "yet not served");
+    hold.store(false, Ordering::Relaxed);
+    secs(2).await;
+    assert_eq!(stored_state(&store, "TGT-7"), Some(true), "tombstoned");
+    assert_eq!(store.count().total, 0);
+    shutdown.stop();
+}
+
 #[tokio::test(start_paused = true)]
 async fn sweeper_kills_descendants_of_an_idle_parent() {
     let store = Arc::new(store());
@@ -409,12 +448,12 @@ async fn sweep_works_in_bounded_slices() {
         store.put(put(&format!("ST-{n}"), 2_000)).unwrap();
     }
     secs(2).await;
-    let report = store.sweep(300);
+    let report = store.sweep(300, Expiry::Tombstone);
     assert_eq!(report.expired, 300);
     assert!(report.more_due);
     let mut expired = 300;
     loop {
-        let report = store.sweep(300);
+        let report = store.sweep(300, Expiry::Tombstone);
         if report.expired == 0 {
             break;
         }
@@ -422,6 +461,30 @@ async fn sweep_works_in_bounded_slices() {
     }
     assert_eq!(expired, 1_000);
     assert_eq!(store.count().total, 0);
+}
+
+/// A fenced node holds expiry: no tombstone for an expired ticket (it would
+/// spread), yet tombstones past retention are still forgotten, and the held
+/// keys neither block those nor get lost for when the hold ends.
+#[tokio::test(start_paused = true)]
+async fn a_held_sweep_tombstones_nothing_and_still_purges() {
+    let store = store();
+    store.put(put("TGT-gone", 500)).unwrap();
+    store.delete("TGT-gone").unwrap();
+    for n in 0..10 {
+        store.put(put(&format!("ST-{n}"), 2_000)).unwrap();
+    }
+    secs(2).await;
+    assert_eq!(stored_state(&store, "TGT-gone"), Some(true));
+    let report = store.sweep(100, Expiry::Hold);
+    assert_eq!((report.expired, report.held, report.purged), (0, 10, 1));
+    assert!(!report.more_due);
+    assert_eq!(stored_state(&store, "TGT-gone"), None);
+    assert_eq!(stored_state(&store, "ST-3"), Some(false), "no tombstone");
+    assert!(store.get("ST-3").is_err(), "yet nothing expired is served");
+    let report = store.sweep(100, Expiry::Tombstone);
+    assert_eq!((report.expired, report.held), (10, 0));
+    assert_eq!(stored_state(&store, "ST-3"), Some(true));
 }
 
 #[tokio::test(start_paused = true)]
@@ -522,7 +585,7 @@ async fn merged_tombstones_win_and_stale_copies_are_ignored() {
 
     // Past deadline + skew, an incoming copy is ignored altogether.
     secs(12).await;
-    store.sweep(100);
+    store.sweep(100, Expiry::Tombstone);
     assert!(store.apply("TGT-1", live_copy).is_empty());
 }
 

@@ -130,7 +130,10 @@ impl Fleet {
         let secrets = dir.join("secrets");
         std::fs::create_dir_all(&secrets)?;
         let token = random_secret();
-        for (name, value) in [("cluster_secret", random_secret()), ("api_token", token.clone())] {
+        for (name, value) in [
+            ("cluster_secret", random_secret()),
+            ("api_token", token.clone()),
+        ] {
             let path = secrets.join(name);
             let _ = std::fs::remove_file(&path);
             std::fs::write(&path, &value)?;
@@ -282,8 +285,15 @@ impl Fleet {
 
     /// Start node4 (the `scale` profile) and return at once.
     pub fn add_node4(&self) -> anyhow::Result<()> {
-        self.compose(&["--profile", "scale", "up", "--detach", "--no-build", "node4"])
-            .map(drop)
+        self.compose(&[
+            "--profile",
+            "scale",
+            "up",
+            "--detach",
+            "--no-build",
+            "node4",
+        ])
+        .map(drop)
     }
 
     /// The node's health as Docker reports it (`healthy`, `starting`, ...).
@@ -348,8 +358,7 @@ impl Fleet {
 impl Drop for Fleet {
     /// Containers, network and secrets go, whether the scenario passed or not.
     fn drop(&mut self) {
-        if let Err(e) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "1"])
-        {
+        if let Err(e) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "1"]) {
             eprintln!("cleanup of {} failed: {e:#}", self.project);
         }
         let _ = std::fs::remove_dir_all(&self.secrets);

@@ -247,7 +247,9 @@ impl Load {
             // Short timeouts: a call to a node that vanished fails (or fails
             // over) quickly instead of stalling the user.
             let issuer = fleet.client(&user.issuer, Duration::from_secs(3)).await?;
-            let validator = fleet.client(&user.validator, Duration::from_secs(3)).await?;
+            let validator = fleet
+                .client(&user.validator, Duration::from_secs(3))
+                .await?;
             let session = Session {
                 issuer,
                 validator,

@@ -9,7 +9,8 @@
 //! under `cargo test`); each removes its containers and network when it ends,
 //! passed or not.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_client::Client;
@@ -19,9 +20,16 @@ use tessera_fleet::workload::{History, Load, Report, User, logout_some};
 /// Users of the load: enough to keep every node busy, few enough for 2 cores.
 const USERS: usize = 9;
 
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+/// Runs a scenario alone (scenarios never share the machine with each other)
+/// on its own runtime.
+fn one_at_a_time(scenario: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     static FLEET: Mutex<()> = Mutex::new(());
-    FLEET.lock().unwrap_or_else(|e| e.into_inner())
+    let _alone = FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(scenario)
 }
 
 fn print_scenario(name: &str, report: &Report, converge: Duration, extra: &str) {
@@ -37,12 +45,11 @@ fn print_scenario(name: &str, report: &Report, converge: Duration, extra: &str) 
 }
 
 fn assert_clean(name: &str, report: &Report, fleet: &Fleet) {
+    assert!(report.clean(), "{name}: {report:?}\n{}", fleet.logs());
     assert!(
-        report.clean(),
-        "{name}: {report:?}\n{}",
-        fleet.logs()
+        report.acknowledged > 100,
+        "{name}: the load did too little: {report:?}"
     );
-    assert!(report.acknowledged > 100, "{name}: the load did too little: {report:?}");
 }
 
 /// Until `observer` no longer lists `node` as alive; how long that took.
@@ -60,10 +67,13 @@ async fn wait_gone(observer: &Client, node: &str, since: Instant, limit: Duratio
     }
 }
 
-/// 1. kill -9 one node under load.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_one_node_under_load() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+/// Scenario 1: kill -9 one node under load.
+#[test]
+fn kill_one_node_under_load() -> anyhow::Result<()> {
+    one_at_a_time(kill_one_node_under_load_scenario())
+}
+
+async fn kill_one_node_under_load_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start("kill", 21, 17101)?;
     let history = Arc::new(History::default());
     let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "kill", history).await?;
@@ -98,17 +108,24 @@ async fn kill_one_node_under_load() -> anyhow::Result<()> {
         detected <= Duration::from_secs(5),
         "node3's death seen by node1 after {detected:?}"
     );
-    // Every user has at most one call in flight; only those can fail, and
-    // nothing started after the kill may.
-    assert!(late.is_empty(), "calls started after the kill failed: {late:?}");
-    assert!(failures.len() <= USERS, "{failures:?}");
+    // Nothing started after the kill may fail. Before it returned, each of a
+    // user's two clients (issuer, validator) can lose the one call it had in
+    // flight to the dying node, and then starts its next call elsewhere.
+    assert!(
+        late.is_empty(),
+        "calls started after the kill failed: {late:?}"
+    );
+    assert!(failures.len() <= 2 * USERS, "{failures:?}");
     Ok(())
 }
 
-/// 3. Rolling restart of every node, one at a time, under load.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_keeps_every_session() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+/// Scenario 3: Rolling restart of every node, one at a time, under load.
+#[test]
+fn rolling_restart_keeps_every_session() -> anyhow::Result<()> {
+    one_at_a_time(rolling_restart_keeps_every_session_scenario())
+}
+
+async fn rolling_restart_keeps_every_session_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start("roll", 23, 17121)?;
     let history = Arc::new(History::default());
     let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "roll", history).await?;
@@ -130,11 +147,14 @@ async fn rolling_restart_keeps_every_session() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 4. Scale up to four nodes under load: the new node catches up and serves
+/// Scenario 4: Scale up to four nodes under load: the new node catches up and serves
 /// reads of old tickets.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_up_to_four_nodes() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+#[test]
+fn scale_up_to_four_nodes() -> anyhow::Result<()> {
+    one_at_a_time(scale_up_to_four_nodes_scenario())
+}
+
+async fn scale_up_to_four_nodes_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start("scale", 24, 17131)?;
     let history = Arc::new(History::default());
     let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "scale", history).await?;
@@ -156,7 +176,11 @@ async fn scale_up_to_four_nodes() -> anyhow::Result<()> {
         &format!("node4_ready={:.1}s", ready_after.as_secs_f64()),
     );
     assert_clean("scale-up", &report, &fleet);
-    let members = fleet.client(&[4], Duration::from_secs(2)).await?.members().await?;
+    let members = fleet
+        .client(&[4], Duration::from_secs(2))
+        .await?
+        .members()
+        .await?;
     assert_eq!(
         members.iter().filter(|m| m.state == "alive").count(),
         4,
@@ -165,25 +189,36 @@ async fn scale_up_to_four_nodes() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 5. Garbage to every port of every node from a container without the
+/// Scenario 5: Garbage to every port of every node from a container without the
 /// secret: nodes stay up, nothing changes, the counters show the rejects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_to_every_port_changes_nothing() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+#[test]
+fn garbage_to_every_port_changes_nothing() -> anyhow::Result<()> {
+    one_at_a_time(garbage_to_every_port_changes_nothing_scenario())
+}
+
+async fn garbage_to_every_port_changes_nothing_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start("garbage", 25, 17141)?;
     let history = Arc::new(History::default());
     let load = Load::start(&fleet, &User::spread(USERS, &[1, 2, 3]), "garbage", history).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut before = Vec::new();
     for node in 1..=3 {
-        before.push(fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?);
+        before.push(
+            fleet
+                .client(&[node], Duration::from_secs(5))
+                .await?
+                .stats()
+                .await?,
+        );
     }
     let start = Instant::now();
     let sent = fleet.noise(&[1, 2, 3])?;
     let noise_took = start.elapsed();
     // A wrong token on the API, too.
-    let mut wrong = tessera_client::ClientConfig::default();
-    wrong.token = Some("x".repeat(48));
+    let wrong = tessera_client::ClientConfig {
+        token: Some("x".repeat(48)),
+        ..Default::default()
+    };
     let intruder = Client::connect_with([fleet.api_addr(1)], wrong).await?;
     assert!(matches!(
         intruder.get("TGT-anything").await,
@@ -198,19 +233,34 @@ async fn garbage_to_every_port_changes_nothing() -> anyhow::Result<()> {
     for node in 1..=3u8 {
         assert!(fleet.is_running(node), "node{node} died\n{}", fleet.logs());
         assert_eq!(fleet.health(node)?, "healthy");
-        let after = fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?;
+        let after = fleet
+            .client(&[node], Duration::from_secs(5))
+            .await?
+            .stats()
+            .await?;
         let earlier = &before[usize::from(node) - 1];
         let handshakes = after.peer_handshakes_rejected - earlier.peer_handshakes_rejected;
         rejects.push(format!("node{node}_handshakes_rejected={handshakes}"));
         assert!(handshakes > 0, "node{node}: {after:?}");
         assert_eq!(after.bad_records, earlier.bad_records, "node{node}");
     }
-    let api = fleet.client(&[1], Duration::from_secs(5)).await?.stats().await?;
+    let api = fleet
+        .client(&[1], Duration::from_secs(5))
+        .await?
+        .stats()
+        .await?;
     assert!(api.api_rejections >= 1, "{api:?}");
     // Every node still counts the same tickets.
     let mut counts = Vec::new();
     for node in 1..=3 {
-        counts.push(fleet.client(&[node], Duration::from_secs(5)).await?.count().await?.total);
+        counts.push(
+            fleet
+                .client(&[node], Duration::from_secs(5))
+                .await?
+                .count()
+                .await?
+                .total,
+        );
     }
     assert!(counts.windows(2).all(|w| w[0] == w[1]), "{counts:?}");
     print_scenario(
@@ -229,11 +279,14 @@ async fn garbage_to_every_port_changes_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 2. Partition one node away while both sides take writes and sessions are
+/// Scenario 2: Partition one node away while both sides take writes and sessions are
 /// logged out on the majority side; heal; everything converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partition_and_heal() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+#[test]
+fn partition_and_heal() -> anyhow::Result<()> {
+    one_at_a_time(partition_and_heal_scenario())
+}
+
+async fn partition_and_heal_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start("partition", 22, 17111)?;
     let history = Arc::new(History::default());
     let majority = Load::start(&fleet, &User::spread(6, &[1, 2]), "major", history.clone()).await?;
@@ -251,8 +304,7 @@ async fn partition_and_heal() -> anyhow::Result<()> {
         };
         3
     ];
-    let minority =
-        Load::start(&fleet, &minority_users, "minor", history.clone()).await?;
+    let minority = Load::start(&fleet, &minority_users, "minor", history.clone()).await?;
     // Logouts on the majority side of sessions both sides hold.
     let logged_out = logout_some(&history, &observer, 30).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -280,15 +332,21 @@ async fn partition_and_heal() -> anyhow::Result<()> {
     );
     assert_clean("partition", &report, &fleet);
     assert!(logged_out > 0);
-    assert!(refused > 0, "the minority never refused a consume: {report:?}");
+    assert!(
+        refused > 0,
+        "the minority never refused a consume: {report:?}"
+    );
     Ok(())
 }
 
-/// 6. One node's clock 30 s ahead of the others (the skew budget is 1 s): it
+/// Scenario 6: One node's clock 30 s ahead of the others (the skew budget is 1 s): it
 /// is reported, and no ticket expires early or late on the other nodes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skewed_clock_changes_no_expiry_decision() -> anyhow::Result<()> {
-    let _serial = one_at_a_time();
+#[test]
+fn skewed_clock_changes_no_expiry_decision() -> anyhow::Result<()> {
+    one_at_a_time(skewed_clock_changes_no_expiry_decision_scenario())
+}
+
+async fn skewed_clock_changes_no_expiry_decision_scenario() -> anyhow::Result<()> {
     let fleet = Fleet::start_with_env(
         "skew",
         26,
@@ -311,8 +369,12 @@ async fn skewed_clock_changes_no_expiry_decision() -> anyhow::Result<()> {
     let start = Instant::now();
     for i in 0..50 {
         writer.put(put(format!("TGT-hard-{i}"), hard, None)).await?;
-        writer.put(put(format!("TGT-kept-{i}"), kept, Some(6))).await?;
-        writer.put(put(format!("TGT-idle-{i}"), idle, Some(6))).await?;
+        writer
+            .put(put(format!("TGT-kept-{i}"), kept, Some(6)))
+            .await?;
+        writer
+            .put(put(format!("TGT-idle-{i}"), idle, Some(6)))
+            .await?;
     }
     // Ask node1 and node2 directly, while touching the kept ones every 2 s.
     let readers = [
@@ -362,15 +424,36 @@ async fn skewed_clock_changes_no_expiry_decision() -> anyhow::Result<()> {
     }
     let mut reports = Vec::new();
     for node in [1u8, 2] {
-        let stats = fleet.client(&[node], Duration::from_secs(5)).await?.stats().await?;
+        let stats = fleet
+            .client(&[node], Duration::from_secs(5))
+            .await?
+            .stats()
+            .await?;
         reports.push(stats.clock_skew_reports);
     }
     let skewed_health = fleet.health(3)?;
+    let skewed = fleet
+        .client(&[3], Duration::from_secs(5))
+        .await?
+        .stats()
+        .await?;
     println!(
-        "SCENARIO skew: early_expiries={early} late_expiries={late} clock_skew_reports={reports:?} node3_health={skewed_health}"
+        "SCENARIO skew: early_expiries={early} late_expiries={late} clock_skew_reports={reports:?} node3_health={skewed_health} node3_fenced={}",
+        skewed.clock_fenced
     );
-    assert_eq!(early, 0, "tickets expired early on node1/node2\n{}", fleet.logs());
+    // The skewed node took itself out: not ready, refusing ticket calls.
+    assert!(skewed.clock_fenced, "{skewed:?}");
+    assert_ne!(skewed_health, "healthy");
+    assert_eq!(
+        early,
+        0,
+        "tickets expired early on node1/node2\n{}",
+        fleet.logs()
+    );
     assert_eq!(late, 0, "tickets outlived their deadline on node1/node2");
-    assert!(reports.iter().all(|r| *r > 0), "skew not reported: {reports:?}");
+    assert!(
+        reports.iter().all(|r| *r > 0),
+        "skew not reported: {reports:?}"
+    );
     Ok(())
 }

@@ -2,12 +2,16 @@
 # pulled (FROM scratch), so the image builds with no registry; the binary
 # resolves names from the /etc/hosts and /etc/resolv.conf docker mounts in.
 #
-# Build the binary first, then the image (scripts/fleet image does both):
+# Build it with scripts/fleet image: the static binary
 #   RUSTFLAGS='-C target-feature=+crt-static' \
 #     cargo build --release --target x86_64-unknown-linux-gnu --bin tessera
+# and a copy of /etc/ssl/certs/ca-certificates.crt in target/docker/, then
 #   docker build -t tessera:dev .
 FROM scratch
 COPY target/x86_64-unknown-linux-gnu/release/tessera /tessera
+# ECS discovery calls the ECS API over HTTPS and trusts the system's roots:
+# the build machine's CA bundle, copied to target/docker by scripts/fleet.
+COPY target/docker/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # Listen on every interface of the container; --advertise says which address
 # the others use. Gossip 7946/udp and peer 7947/tcp follow the listen host.
 ENV TESSERA_LISTEN=0.0.0.0:7070

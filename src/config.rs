@@ -35,7 +35,7 @@ pub struct NodeConfig {
     pub shards: usize,
 
     // ---- cluster ----
-    /// How peers are found: `none` (a single node), `static` or `dns`.
+    /// How peers are found: `none` (a single node), `static`, `dns` or `ecs`.
     /// Unset: `static` when seeds are given, `dns` when a DNS name is, else `none`.
     pub discovery: Option<DiscoveryMode>,
     /// Gossip addresses of other nodes (`host:port`), for static discovery.
@@ -46,11 +46,20 @@ pub struct NodeConfig {
     pub gossip_listen: Option<SocketAddr>,
     /// TCP peer (data plane) address [default: the listen host, port 7947].
     pub peer_listen: Option<SocketAddr>,
+    /// ECS discovery: peers are the tasks of this service [default: the
+    /// service of this node's own task, else its family].
+    pub ecs_service: Option<String>,
+    /// ECS discovery: peers are the tasks of this task definition family.
+    pub ecs_family: Option<String>,
+    /// ECS discovery: the gossip port of every peer task.
+    pub ecs_gossip_port: u16,
     /// Host or IP peers and clients should use for this node
-    /// [default: the listen host; required when it is 0.0.0.0].
+    /// [default: the listen host, or the task's IPv4 with ECS discovery;
+    /// required when listen is 0.0.0.0 otherwise].
     pub advertise: Option<String>,
-    /// Cluster size that majorities are counted against, at least.
-    pub expected_size: usize,
+    /// Cluster size that majorities are counted against, at least [default: 1,
+    /// or with ECS discovery the service's desiredCount].
+    pub expected_size: Option<usize>,
     /// Nodes that must hold a write before it is acknowledged: a number or `all`
     /// [default: 2 when at least 2 nodes are live, else 1].
     #[serde(deserialize_with = "write_quorum")]
@@ -79,6 +88,8 @@ pub enum DiscoveryMode {
     None,
     Static,
     Dns,
+    /// The RUNNING tasks of this task's ECS service or family.
+    Ecs,
 }
 
 /// Default gossip port.
@@ -101,8 +112,11 @@ impl Default for NodeConfig {
             dns_name: None,
             gossip_listen: None,
             peer_listen: None,
+            ecs_service: None,
+            ecs_family: None,
+            ecs_gossip_port: DEFAULT_GOSSIP_PORT,
             advertise: None,
-            expected_size: 1,
+            expected_size: None,
             write_quorum: WriteQuorum::Default,
             cluster_secret_file: None,
             api_token_file: None,
@@ -173,7 +187,9 @@ impl NodeConfig {
         if self.shards == 0 || self.shards > 4096 {
             return invalid("shards", "must be between 1 and 4096".into());
         }
-        if self.expected_size == 0 || self.expected_size > 1024 {
+        if let Some(size) = self.expected_size
+            && (size == 0 || size > 1024)
+        {
             return invalid("expected_size", "must be between 1 and 1024".into());
         }
         if let WriteQuorum::Nodes(n) = self.write_quorum
@@ -190,7 +206,45 @@ impl NodeConfig {
                 return invalid(setting, "must be between 10ms and 1h".into());
             }
         }
+        if self.ecs_gossip_port == 0 {
+            return invalid(
+                "ecs_gossip_port",
+                "must be a port between 1 and 65535".into(),
+            );
+        }
+        if self.discovery_mode() != DiscoveryMode::Ecs {
+            for (setting, value) in [
+                ("ecs_service", &self.ecs_service),
+                ("ecs_family", &self.ecs_family),
+            ] {
+                if value.is_some() {
+                    return invalid(setting, "only used with discovery = ecs".into());
+                }
+            }
+        }
         match self.discovery_mode() {
+            DiscoveryMode::Ecs if !cfg!(feature = "ecs") => {
+                return invalid(
+                    "discovery",
+                    "this tessera was built without the `ecs` cargo feature".into(),
+                );
+            }
+            DiscoveryMode::Ecs if self.ecs_service.is_some() && self.ecs_family.is_some() => {
+                return invalid(
+                    "ecs_family",
+                    "give ecs_service or ecs_family, not both".into(),
+                );
+            }
+            DiscoveryMode::Ecs => {
+                for (setting, value) in [
+                    ("ecs_service", &self.ecs_service),
+                    ("ecs_family", &self.ecs_family),
+                ] {
+                    if value.as_deref().is_some_and(str::is_empty) {
+                        return invalid(setting, "must not be empty".into());
+                    }
+                }
+            }
             DiscoveryMode::Static if self.seeds.is_empty() => {
                 return invalid("seeds", "static discovery needs at least one seed".into());
             }
@@ -235,10 +289,15 @@ impl NodeConfig {
             .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), DEFAULT_PEER_PORT))
     }
 
+    /// The expected cluster size in effect (1 unless set or learned).
+    pub fn expected_size(&self) -> usize {
+        self.expected_size.unwrap_or(1)
+    }
+
     pub fn replication_config(&self) -> ReplicationConfig {
         ReplicationConfig {
             write_quorum: self.write_quorum,
-            expected_size: self.expected_size,
+            expected_size: self.expected_size(),
             max_clock_skew: self.max_clock_skew,
             ..ReplicationConfig::default()
         }
@@ -326,6 +385,55 @@ mod tests {
             NodeConfig::default().gossip_listen().port(),
             DEFAULT_GOSSIP_PORT
         );
+    }
+
+    #[test]
+    fn ecs_settings_are_checked() {
+        let config: NodeConfig =
+            toml::from_str("discovery = \"ecs\"\necs_service = \"tessera\"\n").unwrap();
+        assert_eq!(config.discovery_mode(), DiscoveryMode::Ecs);
+        assert_eq!(config.ecs_gossip_port, DEFAULT_GOSSIP_PORT);
+        assert_eq!(config.expected_size(), 1);
+        // The task's IPv4 is advertised: no --advertise needed with 0.0.0.0.
+        let anywhere = NodeConfig {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..config.clone()
+        };
+        assert!(anywhere.validate().is_ok());
+        for (bad, setting) in [
+            (
+                NodeConfig {
+                    ecs_family: Some("tessera".into()),
+                    ..config.clone()
+                },
+                "ecs_family",
+            ),
+            (
+                NodeConfig {
+                    ecs_gossip_port: 0,
+                    ..config.clone()
+                },
+                "ecs_gossip_port",
+            ),
+            (
+                NodeConfig {
+                    ecs_service: Some(String::new()),
+                    ..config.clone()
+                },
+                "ecs_service",
+            ),
+            (
+                NodeConfig {
+                    discovery: Some(DiscoveryMode::Dns),
+                    dns_name: Some("tessera".into()),
+                    ..config.clone()
+                },
+                "ecs_service",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(setting), "{err}");
+        }
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum ServerError {
     Membership(String),
     #[error("invalid discovery setting: {0}")]
     Discovery(#[from] DiscoveryError),
+    /// Discovery could not learn what it needs at start (ECS: the node's own task).
+    #[error("cannot start discovery: {0}")]
+    DiscoveryStart(DiscoveryError),
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -254,7 +257,7 @@ pub async fn start_with_clock(config: NodeConfig, clock: Clock) -> Result<NodeHa
 }
 
 pub async fn start_with(
-    config: NodeConfig,
+    mut config: NodeConfig,
     options: NodeOptions,
 ) -> Result<NodeHandle, ServerError> {
     config.validate()?;
@@ -282,6 +285,12 @@ pub async fn start_with(
     if let Some(secret) = &secret {
         crate::redact::set_key(secret.log_tag_key());
     }
+    // Before anything binds or counts majorities: ECS discovery may fill in
+    // the advertised address and the expected size.
+    let discovery = match config.is_clustered() {
+        true => Some(discovery_for(&mut config).await?),
+        false => None,
+    };
     let incoming = TcpIncoming::bind(config.listen)
         .map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -349,8 +358,7 @@ pub async fn start_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, node.ready.load(Ordering::Acquire)).await;
 
-    if let Some(parts) = &cluster {
-        let discovery = discovery_for(&config)?;
+    if let (Some(parts), Some(discovery)) = (&cluster, discovery) {
         let (discovery_worker, discovery_status) = DiscoveryWorker::new(
             discovery,
             parts.membership.clone(),
@@ -372,7 +380,7 @@ pub async fn start_with(
             discovery_status,
             synced,
             health.clone(),
-            config.expected_size,
+            config.expected_size(),
         )));
     }
 
@@ -500,12 +508,39 @@ async fn start_cluster(
     })
 }
 
-fn discovery_for(config: &NodeConfig) -> Result<Arc<dyn Discovery>, ServerError> {
+/// The discovery provider of a clustered node. ECS discovery first reads the
+/// node's own task, which also supplies the advertised address (the task's
+/// IPv4) and the expected size (the service's desiredCount) when neither is
+/// set.
+async fn discovery_for(config: &mut NodeConfig) -> Result<Arc<dyn Discovery>, ServerError> {
     Ok(match config.discovery_mode() {
         DiscoveryMode::Dns => Arc::new(DnsDiscovery::new(
             config.dns_name.clone().unwrap_or_default(),
             config.gossip_listen().port(),
         )),
+        #[cfg(feature = "ecs")]
+        DiscoveryMode::Ecs => {
+            use crate::discovery::ecs::{EcsDiscovery, EcsSettings};
+            let settings = EcsSettings {
+                service: config.ecs_service.clone(),
+                family: config.ecs_family.clone(),
+                gossip_port: config.ecs_gossip_port,
+            };
+            let start = EcsDiscovery::start(&settings, config.expected_size.is_none())
+                .await
+                .map_err(ServerError::DiscoveryStart)?;
+            if config.advertise.is_none() {
+                config.advertise = Some(start.task.ipv4.to_string());
+            }
+            if let Some(count) = start.desired_count {
+                info!(
+                    desired_count = count,
+                    "expected cluster size from the ECS service"
+                );
+                config.expected_size = Some(count.clamp(1, 1024));
+            }
+            Arc::new(start.discovery)
+        }
         _ => Arc::new(StaticDiscovery::new(config.seeds.clone())?),
     })
 }

@@ -297,6 +297,67 @@ fn serve_refuses_bad_settings_with_exit_2() {
 }
 
 #[test]
+fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
+    // Flag and variable: refused before anything starts, naming the flag.
+    for bad in ["0", "-5701", "70000", "x"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--discovery", "ecs", "--ecs-gossip-port", bad])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{bad}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--ecs-gossip-port"), "{bad}: {stderr}");
+        let out = Command::new(BIN)
+            .args(["serve", "--discovery", "ecs"])
+            .env("TESSERA_ECS_GOSSIP_PORT", bad)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{bad}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--ecs-gossip-port"));
+    }
+    // The TOML file: the key is named too.
+    for bad in ["0", "-5701", "70000"] {
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        writeln!(config, "discovery = \"ecs\"\necs_gossip_port = {bad}").unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config", config.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{bad}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ecs_gossip_port"), "{bad}: {stderr}");
+    }
+    // ECS settings without ECS discovery are not silently ignored.
+    let out = Command::new(BIN)
+        .args(["serve", "--ecs-service", "tessera"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ecs_service"));
+}
+
+#[cfg(feature = "ecs")]
+#[test]
+fn ecs_discovery_outside_ecs_says_why() {
+    let out = Command::new(BIN)
+        .args(["serve", "--discovery", "ecs", "--listen", "127.0.0.1:0"])
+        .env(
+            "TESSERA_CLUSTER_SECRET",
+            "cli-test-cluster-secret-0123456789abcdef",
+        )
+        .env("TESSERA_API_TOKEN", API_TOKEN)
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ECS_CONTAINER_METADATA_URI_V4 is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_node_gracefully() {
     let mut node = serve(&[], &[]);
     let pid = node.child.id().to_string();

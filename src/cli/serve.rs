@@ -40,7 +40,7 @@ pub struct ServeArgs {
     /// Lock shards of the store [default: 32].
     #[arg(long, env = "TESSERA_SHARDS")]
     pub shards: Option<usize>,
-    /// How peers are found: none (single node), static or dns
+    /// How peers are found: none (single node), static, dns or ecs
     /// [default: static with --seeds, dns with --dns-name, else none].
     #[arg(long, env = "TESSERA_DISCOVERY", value_enum)]
     pub discovery: Option<DiscoveryMode>,
@@ -50,17 +50,29 @@ pub struct ServeArgs {
     /// Name whose A/AAAA records are all the nodes (dns discovery; gossip port).
     #[arg(long, env = "TESSERA_DNS_NAME")]
     pub dns_name: Option<String>,
+    /// ECS discovery: peers are the RUNNING tasks of this service [default:
+    /// the service of this node's own task, else its task definition family].
+    #[arg(long, env = "TESSERA_ECS_SERVICE")]
+    pub ecs_service: Option<String>,
+    /// ECS discovery: peers are the RUNNING tasks of this task definition family.
+    #[arg(long, env = "TESSERA_ECS_FAMILY")]
+    pub ecs_family: Option<String>,
+    /// ECS discovery: the gossip port of every peer task [default: 7946].
+    #[arg(long, env = "TESSERA_ECS_GOSSIP_PORT", allow_negative_numbers = true, value_parser = parse_port)]
+    pub ecs_gossip_port: Option<u16>,
     /// UDP gossip address [default: the listen host, port 7946].
     #[arg(long, env = "TESSERA_GOSSIP_LISTEN")]
     pub gossip_listen: Option<SocketAddr>,
     /// TCP peer (data plane) address [default: the listen host, port 7947].
     #[arg(long, env = "TESSERA_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
-    /// Host or IP other nodes and clients use for this node [default: the listen host].
+    /// Host or IP other nodes and clients use for this node [default: the
+    /// listen host, or the task's IPv4 with ECS discovery].
     #[arg(long, env = "TESSERA_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Cluster size majorities are counted against, at least [default: 1; the
-    /// largest membership seen in the last 10 minutes counts too].
+    /// Cluster size majorities are counted against, at least [default: 1, or
+    /// the ECS service's desiredCount; the largest membership seen in the last
+    /// 10 minutes counts too].
     #[arg(long, env = "TESSERA_EXPECTED_SIZE")]
     pub expected_size: Option<usize>,
     /// Nodes that must hold a write before it is acknowledged: N or all
@@ -130,6 +142,15 @@ impl ServeArgs {
         if self.dns_name.is_some() {
             config.dns_name = self.dns_name.clone();
         }
+        if self.ecs_service.is_some() {
+            config.ecs_service = self.ecs_service.clone();
+        }
+        if self.ecs_family.is_some() {
+            config.ecs_family = self.ecs_family.clone();
+        }
+        if let Some(port) = self.ecs_gossip_port {
+            config.ecs_gossip_port = port;
+        }
         if self.gossip_listen.is_some() {
             config.gossip_listen = self.gossip_listen;
         }
@@ -139,8 +160,8 @@ impl ServeArgs {
         if self.advertise.is_some() {
             config.advertise = self.advertise.clone();
         }
-        if let Some(size) = self.expected_size {
-            config.expected_size = size;
+        if self.expected_size.is_some() {
+            config.expected_size = self.expected_size;
         }
         if let Some(quorum) = self.write_quorum {
             config.write_quorum = quorum;
@@ -162,6 +183,17 @@ impl ServeArgs {
         }
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// A port number: 1 to 65535, nothing else (a port like `-5701` or `70000` is
+/// refused here, naming the flag, not silently changed).
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<i64>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        _ => Err(format!(
+            "{text:?} is not a port: must be between 1 and 65535"
+        )),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! chitchat only knows the seeds it was started with. A [`Discovery`] provider
 //! answers "which gossip addresses exist now" (static seeds, every A/AAAA record
-//! of a DNS name, and later ECS), and the [`DiscoveryWorker`] asks it
+//! of a DNS name, the RUNNING tasks of an ECS service), and the [`DiscoveryWorker`] asks it
 //! periodically and gossips to every address that is not yet a live member, so
 //! nodes that appear later (a new task, a seed whose name starts resolving) join.
 //!
@@ -10,6 +10,8 @@
 //! failed: the worker publishes a [`DiscoveryStatus`], from which the node reports
 //! not-ready while discovery is failing.
 
+#[cfg(feature = "ecs")]
+pub mod ecs;
 mod worker;
 
 use std::net::SocketAddr;

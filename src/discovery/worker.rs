@@ -46,8 +46,6 @@ pub struct DiscoveryWorker {
     status: watch::Sender<DiscoveryStatus>,
     /// The last good answer, without our own address.
     last_peers: Vec<SocketAddr>,
-    /// Every address ever discovered, to log each new one once.
-    seen: HashSet<SocketAddr>,
     /// Consecutive failures.
     failures: u32,
     failing_since_ms: u64,
@@ -73,7 +71,6 @@ impl DiscoveryWorker {
             interval: interval.max(Duration::from_millis(1)),
             status,
             last_peers: Vec::new(),
-            seen: HashSet::new(),
             failures: 0,
             failing_since_ms: 0,
             logged_error: None,
@@ -104,13 +101,27 @@ impl DiscoveryWorker {
                 }
                 self.failures = 0;
                 self.logged_error = None;
-                let new: Vec<SocketAddr> = peers
+                // Logged on every change, both ways, so an operator (and the
+                // ECS end-to-end test) can see a stopped task leave the list.
+                let added: Vec<SocketAddr> = peers
                     .iter()
-                    .filter(|addr| self.seen.insert(**addr))
+                    .filter(|addr| !self.last_peers.contains(addr))
                     .copied()
                     .collect();
-                if !new.is_empty() {
-                    info!(discovery = %self.discovery.describe(), new = ?new, "discovered peers");
+                let gone: Vec<SocketAddr> = self
+                    .last_peers
+                    .iter()
+                    .filter(|addr| !peers.contains(addr))
+                    .copied()
+                    .collect();
+                if !added.is_empty() || !gone.is_empty() {
+                    info!(
+                        discovery = %self.discovery.describe(),
+                        added = ?added,
+                        gone = ?gone,
+                        peers = peers.len(),
+                        "discovered peers changed"
+                    );
                 }
                 self.last_peers = peers.clone();
                 self.status.send_replace(DiscoveryStatus::Found { peers });
@@ -140,6 +151,18 @@ impl DiscoveryWorker {
             }
         }
         self.gossip_to_missing().await;
+    }
+
+    /// Errors logged so far (tests check "once per distinct error").
+    #[cfg(test)]
+    pub(crate) fn errors_logged(&self) -> u64 {
+        self.errors_logged
+    }
+
+    /// The wait before the next attempt.
+    #[cfg(test)]
+    pub(crate) fn next_wait(&self) -> Duration {
+        self.next_wait
     }
 
     /// Gossip to known addresses that are not live members.
@@ -282,7 +305,8 @@ mod tests {
         worker.work().await;
         assert_eq!(*status.borrow(), DiscoveryStatus::Found { peers: vec![] });
         assert!(
-            worker.next_wait >= interval.mul_f64(0.8) && worker.next_wait <= interval.mul_f64(1.2)
+            worker.next_wait() >= interval.mul_f64(0.8)
+                && worker.next_wait() <= interval.mul_f64(1.2)
         );
 
         // Failing: the last good list is kept, the error logged once per distinct error.
@@ -299,16 +323,16 @@ mod tests {
             }
             other => panic!("expected Failing, got {other:?}"),
         };
-        assert_eq!(worker.next_wait, Duration::from_secs(1));
+        assert_eq!(worker.next_wait(), Duration::from_secs(1));
         worker.work().await;
         assert!(
             matches!(&*status.borrow(), DiscoveryStatus::Failing { since_ms, .. } if *since_ms == since)
         );
-        assert_eq!(worker.next_wait, Duration::from_secs(2));
-        assert_eq!(worker.errors_logged, 1, "the same error is logged once");
+        assert_eq!(worker.next_wait(), Duration::from_secs(2));
+        assert_eq!(worker.errors_logged(), 1, "the same error is logged once");
         worker.work().await;
-        assert_eq!(worker.errors_logged, 2, "a different error is logged");
-        assert_eq!(worker.next_wait, Duration::from_secs(4));
+        assert_eq!(worker.errors_logged(), 2, "a different error is logged");
+        assert_eq!(worker.next_wait(), Duration::from_secs(4));
 
         // Recovered: b is new, so a gossips to it and they join.
         worker.work().await;

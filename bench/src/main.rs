@@ -2,6 +2,7 @@
 //!
 //! See the README's Benchmarks section and `scripts/bench`.
 
+mod cluster;
 mod load;
 mod machine;
 mod memory;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// A workload (cas, put, get, touch, consume, delete) on one target or two.
     Run(run::RunArgs),
+    /// Replication lag and catch-up of three nodes this command starts.
+    Cluster(cluster::ClusterArgs),
     /// Resident memory per ticket after loading N tickets.
     Memory(memory::MemoryArgs),
     /// N tickets expiring in the same second under a read load.
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
             Command::Memory(args) => memory::run(args).await,
             Command::ExpiryStorm(args) => storm::run(args).await,
             Command::Report {

@@ -37,6 +37,8 @@ enum Command {
     Memory(memory::MemoryArgs),
     /// N tickets expiring in the same second under a read load.
     ExpiryStorm(storm::StormArgs),
+    /// Print a TCP port free on 127.0.0.1 (for scripts).
+    FreePort,
     /// Join the JSON files other commands wrote into one JSON and one Markdown file.
     Report {
         #[arg(long)]
@@ -61,6 +63,11 @@ fn main() -> anyhow::Result<()> {
             Command::Cluster(args) => cluster::run(args).await,
             Command::Memory(args) => memory::run(args).await,
             Command::ExpiryStorm(args) => storm::run(args).await,
+            Command::FreePort => {
+                let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+                println!("{}", listener.local_addr()?.port());
+                Ok(())
+            }
             Command::Report {
                 json_out,
                 md_out,

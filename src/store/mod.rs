@@ -750,8 +750,8 @@ impl Store {
         now: Millis,
         changes: &mut Vec<Change>,
     ) -> Option<Entry> {
-        let before = shard.entries.get(id).cloned();
-        let mut merged = merge_at(before.clone(), incoming, now);
+        let before = shard.entries.get(id);
+        let mut merged = merge_at(before.cloned(), incoming, now);
         let mut parent_key = None;
         if let Some(entry) = merged.as_mut()
             && let Some(inc) = entry.live()
@@ -768,7 +768,7 @@ impl Store {
                 parent_key = parent;
             }
         }
-        if merged == before {
+        if merged.as_ref() == before {
             return merged;
         }
         // A child is indexed under its parent so a later delete of the parent finds it.

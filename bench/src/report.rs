@@ -68,11 +68,17 @@ pub fn write_section<T: Serialize>(
     figures: T,
     markdown: String,
 ) -> anyhow::Result<()> {
+    let machine = Machine::read();
+    // Other work on the machine moves every figure: say how busy it was.
+    let markdown = format!(
+        "{markdown}\nLoad average (1, 5, 15 min) when this section finished: {}.\n",
+        machine.load_average
+    );
     let section = Section {
         kind: kind.to_owned(),
         title: title.to_owned(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        machine: Machine::read(),
+        machine,
         figures,
         markdown,
     };

@@ -18,6 +18,8 @@ use crate::target::{Conn, Target};
 const TTL: Duration = Duration::from_secs(3600);
 /// Pause after the load before reading memory, so in-flight work settles.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Longest a bulk load may take; tickets not written by then count as errors.
+pub const LOAD_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 #[derive(clap::Args, Debug)]
 pub struct MemoryArgs {
@@ -89,10 +91,11 @@ pub async fn load(
         tasks.push(tokio::spawn(async move {
             let mut i = c as u64;
             while i < tickets {
-                if conn
-                    .put_plain(&ids.id("TGT", c, i), &payload, ttl, 0)
-                    .await
-                    .is_err()
+                if start.elapsed() > LOAD_LIMIT
+                    || conn
+                        .put_plain(&ids.id("TGT", c, i), &payload, ttl, 0)
+                        .await
+                        .is_err()
                 {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -178,6 +178,7 @@ async fn load_expiring(conns: &[Conn], tickets: u64, payload: usize, deadline: S
     let payload = Bytes::from(vec![b's'; payload]);
     let ids = Ids::new("storm");
     let clients = conns.len() as u64;
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for (c, conn) in conns.iter().enumerate() {
         let mut conn = conn.clone();
@@ -187,10 +188,11 @@ async fn load_expiring(conns: &[Conn], tickets: u64, payload: usize, deadline: S
             let mut errors = 0u64;
             let mut i = c as u64;
             while i < tickets {
-                if conn
-                    .put_expiring_at(&ids.id("ST", c, i), &payload, deadline)
-                    .await
-                    .is_err()
+                if start.elapsed() > memory::LOAD_LIMIT
+                    || conn
+                        .put_expiring_at(&ids.id("ST", c, i), &payload, deadline)
+                        .await
+                        .is_err()
                 {
                     errors += 1;
                 }

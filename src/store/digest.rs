@@ -26,11 +26,23 @@ pub fn bucket_of(id: &str) -> usize {
 /// values they were written with (a stamp is unique per write), so payload
 /// bytes are not hashed.
 pub fn entry_digest(id: &str, entry: &Entry) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    let mut field = |bytes: &[u8]| {
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
+    // The fields are encoded into one buffer and hashed in one call: the same
+    // bytes (so the same digest) as feeding them one by one, at a fraction of
+    // the cost (BLAKE3 has a fixed cost per `update`).
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    encode_fields(id, entry, &mut |bytes: &[u8]| {
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    });
+    let hash = blake3::hash(&buf);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The fields a digest covers, in order; each is hashed as its length (u64
+/// little-endian) followed by its bytes.
+fn encode_fields(id: &str, entry: &Entry, field: &mut dyn FnMut(&[u8])) {
     field(id.as_bytes());
     field(&entry.retain_until_ms.to_le_bytes());
     match &entry.state {
@@ -49,10 +61,6 @@ pub fn entry_digest(id: &str, entry: &Entry) -> u64 {
             }
         }
     }
-    let hash = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash.as_bytes()[..8]);
-    u64::from_le_bytes(first)
 }
 
 #[cfg(test)]
@@ -68,6 +76,48 @@ mod tests {
             seen[bucket_of(&format!("ST-{n}-abc"))] += 1;
         }
         assert!(seen.iter().all(|&count| count > 40), "{seen:?}");
+    }
+
+    /// The digest as it was first defined (one `update` per length and field):
+    /// nodes of different versions must agree on it.
+    fn digest_field_by_field(id: &str, entry: &Entry) -> u64 {
+        let mut hasher = blake3::Hasher::new();
+        encode_fields(id, entry, &mut |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        });
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    #[test]
+    fn one_buffer_hashes_like_field_by_field() {
+        use crate::clock::{Hlc, Stamp};
+        use crate::entry::{Identity, Payload};
+        let stamp = Stamp {
+            hlc: Hlc {
+                wall_ms: 1_700_000_000_000,
+                logical: 3,
+            },
+            node: "node-a".into(),
+        };
+        let identity = Identity {
+            kind: "TGT".into(),
+            principal: Some("alice".into()),
+            parent: None,
+            created_at_ms: 1_700_000_000_000,
+            deadline_ms: 1_700_000_100_000,
+            max_uses: 0,
+        };
+        let payload = Payload {
+            bytes: bytes::Bytes::from_static(b"payload"),
+            idle_ms: Some(5_000),
+        };
+        let live = Entry::create(stamp, identity, payload, 1_000);
+        for (id, entry) in [("TGT-1-a", &live), ("ST-2-b", &Entry::tombstone(9))] {
+            assert_eq!(entry_digest(id, entry), digest_field_by_field(id, entry));
+        }
     }
 
     #[test]

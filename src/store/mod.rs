@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::clock::{HlcClock, Millis};
-use crate::entry::{Entry, Identity, Liveness, Payload, merge_at};
+use crate::entry::{Entry, Identity, Liveness, Payload, State, merge_at, owned_bytes};
 use crate::error::StoreError;
 use crate::redact::tag;
 use crate::ticket::{self, Limits, MAX_PARENT_DEPTH, TicketView};
@@ -469,7 +469,7 @@ impl Store {
                 max_uses: put.max_uses,
             };
             let payload = Payload {
-                bytes: put.payload,
+                bytes: owned_bytes(put.payload),
                 idle_ms: put.idle_ms,
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
@@ -563,7 +563,7 @@ impl Store {
             }
             let mut payload = inc.payload.val.clone();
             if let Some(bytes) = &update.payload {
-                payload.bytes = bytes.clone();
+                payload.bytes = owned_bytes(bytes.clone());
             }
             if let Some(idle) = update.idle_ms {
                 payload.idle_ms = if idle == 0 {
@@ -733,7 +733,11 @@ impl Store {
 
     /// Merge an entry received from a peer (or anti-entropy). Returns what
     /// changed here, cascades included.
-    pub fn apply(&self, id: &str, incoming: Entry) -> Vec<Change> {
+    pub fn apply(&self, id: &str, mut incoming: Entry) -> Vec<Change> {
+        if let State::Live(inc) = &mut incoming.state {
+            let bytes = std::mem::take(&mut inc.payload.val.bytes);
+            inc.payload.val.bytes = owned_bytes(bytes);
+        }
         let now = self.now();
         let id: Arc<str> = id.into();
         let own = self.shard_index(&id);
@@ -761,8 +765,8 @@ impl Store {
         now: Millis,
         changes: &mut Vec<Change>,
     ) -> Option<Entry> {
-        let before = shard.entries.get(id).cloned();
-        let mut merged = merge_at(before.clone(), incoming, now);
+        let before = shard.entries.get(id);
+        let mut merged = merge_at(before.cloned(), incoming, now);
         let mut parent_key = None;
         if let Some(entry) = merged.as_mut()
             && let Some(inc) = entry.live()
@@ -779,7 +783,7 @@ impl Store {
                 parent_key = parent;
             }
         }
-        if merged == before {
+        if merged.as_ref() == before {
             return merged;
         }
         // A child is indexed under its parent so a later delete of the parent finds it.

@@ -51,36 +51,59 @@ struct IndexKeys {
     counted: Option<(String, Option<String>)>,
 }
 
+/// When the sweeper must next look at an entry: the death of a live ticket
+/// (at once when used up; an idle one only after the skew budget, so a touch
+/// taken on a peer just before can still arrive), or forgetting a tombstone.
+fn due_of(entry: &Entry, skew_budget_ms: Millis) -> Millis {
+    match &entry.state {
+        State::Deleted => entry.retain_until_ms,
+        State::Live(inc) => {
+            let idle_end = inc
+                .payload
+                .val
+                .idle_ms
+                .map(|idle| inc.last_used.0.saturating_add(idle) + skew_budget_ms);
+            if inc.is_used_up() {
+                0
+            } else {
+                idle_end.map_or(inc.identity.deadline_ms, |end| {
+                    end.min(inc.identity.deadline_ms)
+                })
+            }
+        }
+    }
+}
+
+/// Whether two entries of one id have the same index keys, decided without
+/// allocating (the common case: a touch or a merge within one incarnation).
+/// `false` may still mean equal keys (principals differing only in case); the
+/// caller then compares the full [`IndexKeys`].
+fn same_index(a: &Entry, b: &Entry, skew_budget_ms: Millis) -> bool {
+    let same_counted = match (&a.state, &b.state) {
+        (State::Deleted, State::Deleted) => true,
+        (State::Live(x), State::Live(y)) => {
+            x.identity.kind == y.identity.kind && x.identity.principal == y.identity.principal
+        }
+        _ => false,
+    };
+    same_counted && due_of(a, skew_budget_ms) == due_of(b, skew_budget_ms)
+}
+
 impl IndexKeys {
     fn of(entry: &Entry, skew_budget_ms: Millis) -> IndexKeys {
+        let due_ms = due_of(entry, skew_budget_ms);
         match &entry.state {
             State::Deleted => IndexKeys {
-                due_ms: entry.retain_until_ms,
+                due_ms,
                 counted: None,
             },
-            State::Live(inc) => {
-                // Used up: the sweeper tombstones it now. Idle: only after the skew
-                // budget, so a touch taken on a peer just before can still arrive.
-                let idle_end = inc
-                    .payload
-                    .val
-                    .idle_ms
-                    .map(|idle| inc.last_used.0.saturating_add(idle) + skew_budget_ms);
-                let due_ms = if inc.is_used_up() {
-                    0
-                } else {
-                    idle_end.map_or(inc.identity.deadline_ms, |end| {
-                        end.min(inc.identity.deadline_ms)
-                    })
-                };
-                IndexKeys {
-                    due_ms,
-                    counted: Some((
-                        inc.identity.kind.clone(),
-                        inc.identity.principal.as_deref().map(str::to_lowercase),
-                    )),
-                }
-            }
+            State::Live(inc) => IndexKeys {
+                due_ms,
+                counted: Some((
+                    inc.identity.kind.clone(),
+                    inc.identity.principal.as_deref().map(str::to_lowercase),
+                )),
+            },
         }
     }
 }
@@ -94,14 +117,22 @@ impl Shard {
         new: Option<Entry>,
         skew_budget_ms: Millis,
     ) -> Option<Millis> {
-        let before = self
-            .entries
-            .get(id)
-            .map(|entry| IndexKeys::of(entry, skew_budget_ms));
-        let after = new
-            .as_ref()
-            .map(|entry| IndexKeys::of(entry, skew_budget_ms));
-        let due = after.as_ref().map(|keys| keys.due_ms);
+        let unchanged = match (self.entries.get(id), new.as_ref()) {
+            (Some(old), Some(new)) => same_index(old, new, skew_budget_ms),
+            _ => false,
+        };
+        let (before, after) = if unchanged {
+            (None, None)
+        } else {
+            (
+                self.entries
+                    .get(id)
+                    .map(|entry| IndexKeys::of(entry, skew_budget_ms)),
+                new.as_ref()
+                    .map(|entry| IndexKeys::of(entry, skew_budget_ms)),
+            )
+        };
+        let due = new.as_ref().map(|entry| due_of(entry, skew_budget_ms));
         let bucket = bucket_of(id);
         if let Some(old) = self.entries.get(id) {
             self.digests[bucket] ^= entry_digest(id, old);
@@ -118,7 +149,7 @@ impl Shard {
                 self.children.remove(id);
             }
         }
-        if before == after {
+        if unchanged || before == after {
             return due;
         }
         if let Some(keys) = before {

@@ -6,6 +6,7 @@
 //! directly what it holds.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,21 +118,46 @@ impl History {
         f(&mut self.record.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn ok(&self) {
-        self.with(|r| r.acknowledged += 1);
+    /// Runs one call and records how it ended: acknowledged, or failed with
+    /// the time it started (the future does nothing before it is awaited here).
+    async fn record<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Option<T> {
+        let started = Instant::now();
+        match call.await {
+            Ok(answer) => {
+                self.with(|r| r.acknowledged += 1);
+                Some(answer)
+            }
+            Err(error) => {
+                self.with(|r| {
+                    if op == "consume" && matches!(error, Error::Unavailable(_)) {
+                        r.consumes_refused += 1;
+                    }
+                    r.failures.push(FailedOp {
+                        op,
+                        started,
+                        error: error.to_string(),
+                    });
+                });
+                None
+            }
+        }
     }
 
-    fn failed(&self, op: &'static str, started: Instant, error: &Error) {
-        self.with(|r| {
-            if op == "consume" && matches!(error, Error::Unavailable(_)) {
-                r.consumes_refused += 1;
-            }
-            r.failures.push(FailedOp {
-                op,
-                started,
-                error: error.to_string(),
-            });
-        });
+    /// Deletes a TGT through `client` and records its fate: deleted if the
+    /// delete was acknowledged, unknown otherwise.
+    async fn logout(&self, client: &Client, tgt: &str) -> bool {
+        let done = self.record("delete", client.delete(tgt)).await.is_some();
+        let state = if done {
+            TgtState::Deleted
+        } else {
+            TgtState::Unknown
+        };
+        self.with(|r| r.tgts.insert(tgt.to_owned(), state));
+        done
     }
 
     pub fn failures(&self) -> Vec<FailedOp> {
@@ -299,16 +325,9 @@ impl Session {
             .kind("TGT")
             .principal(self.principal.clone())
             .payload(vec![b't'; 512]);
-        let started = Instant::now();
-        let state = match self.issuer.put(put).await {
-            Ok(_) => {
-                self.history.ok();
-                TgtState::Live
-            }
-            Err(e) => {
-                self.history.failed("put", started, &e);
-                TgtState::Unknown
-            }
+        let state = match self.history.record("put", self.issuer.put(put)).await {
+            Some(_) => TgtState::Live,
+            None => TgtState::Unknown,
         };
         self.history.with(|r| r.tgts.insert(tgt.clone(), state));
         if state != TgtState::Live {
@@ -325,47 +344,24 @@ impl Session {
                 .parent(tgt.clone())
                 .max_uses(1)
                 .payload(vec![b's'; 200]);
-            let started = Instant::now();
-            match self.issuer.put(put).await {
-                Ok(_) => self.history.ok(),
-                Err(e) => {
-                    self.history.failed("put", started, &e);
-                    continue;
-                }
+            if self
+                .history
+                .record("put", self.issuer.put(put))
+                .await
+                .is_none()
+            {
+                continue;
             }
-            let started = Instant::now();
-            match self.validator.consume(&st).await {
-                Ok(_) => {
-                    self.history.ok();
-                    self.history
-                        .with(|r| *r.consumed.entry(st.clone()).or_default() += 1);
-                }
-                Err(e) => self.history.failed("consume", started, &e),
+            let consumed = self.validator.consume(&st);
+            if self.history.record("consume", consumed).await.is_some() {
+                self.history
+                    .with(|r| *r.consumed.entry(st.clone()).or_default() += 1);
             }
-            let started = Instant::now();
-            match self.issuer.touch(&tgt).await {
-                Ok(_) => self.history.ok(),
-                Err(e) => self.history.failed("touch", started, &e),
-            }
+            self.history.record("touch", self.issuer.touch(&tgt)).await;
         }
         if n % LOGOUT_EVERY == LOGOUT_EVERY - 1 {
-            self.logout(&tgt).await;
+            self.history.logout(&self.issuer, &tgt).await;
         }
-    }
-
-    async fn logout(&self, tgt: &str) {
-        let started = Instant::now();
-        let state = match self.issuer.delete(tgt).await {
-            Ok(_) => {
-                self.history.ok();
-                TgtState::Deleted
-            }
-            Err(e) => {
-                self.history.failed("delete", started, &e);
-                TgtState::Unknown
-            }
-        };
-        self.history.with(|r| r.tgts.insert(tgt.to_owned(), state));
     }
 }
 
@@ -382,19 +378,7 @@ pub async fn logout_some(history: &History, client: &Client, count: usize) -> us
     });
     let mut done = 0;
     for tgt in live {
-        let started = Instant::now();
-        let state = match client.delete(&tgt).await {
-            Ok(_) => {
-                history.ok();
-                done += 1;
-                TgtState::Deleted
-            }
-            Err(e) => {
-                history.failed("delete", started, &e);
-                TgtState::Unknown
-            }
-        };
-        history.with(|r| r.tgts.insert(tgt, state));
+        done += usize::from(history.logout(client, &tgt).await);
     }
     done
 }

@@ -3,6 +3,7 @@
 //! The store's own guarantees are unit-tested in `src/store/tests.rs`; these tests
 //! check that they survive the wire (codes, messages, fields, streaming, limits).
 
+#[allow(dead_code)] // not every helper is used here
 mod common;
 
 use std::collections::{BTreeMap, HashSet};

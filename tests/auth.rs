@@ -242,27 +242,8 @@ async fn without_the_token_nothing_is_read_or_written() {
     );
 
     // The health service answers without a token.
-    assert_eq!(health(&node).await, 1, "SERVING");
+    assert_eq!(common::health(&node).await, 1, "SERVING");
     common::stop(node).await;
-}
-
-/// `grpc.health.v1.Health/Check` for the whole server, with no token.
-async fn health(node: &NodeHandle) -> i32 {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health answers without a token")
-        .into_inner()
-        .status
 }
 
 #[tokio::test]

@@ -3,6 +3,9 @@
 //! `tessera-client`; links are cut and healed, nodes killed and restarted.
 //! Every wait is bounded.
 
+#[allow(dead_code)] // not every helper is used here
+mod common;
+
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -236,23 +239,6 @@ async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     condition()
-}
-
-/// What the node's standard health service answers for the whole server.
-async fn health(node: &NodeHandle) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
 }
 
 fn st(id: &str) -> NewTicket {
@@ -672,7 +658,10 @@ async fn a_node_whose_discovery_fails_reports_not_ready() {
     .expect("node starts");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!node.is_ready(), "discovery fails, yet the node says ready");
-    assert_eq!(health(&node).await, ServingStatus::NotServing as i32);
+    assert_eq!(
+        common::health(&node).await,
+        ServingStatus::NotServing as i32
+    );
     node.stop().await.unwrap();
 }
 
@@ -804,7 +793,7 @@ async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
     // refusing calls with a status clients fail over on.
     let fast = cluster.node(2);
     assert!(!fast.is_ready(), "{}", cluster.describe());
-    assert_eq!(health(fast).await, ServingStatus::NotServing as i32);
+    assert_eq!(common::health(fast).await, ServingStatus::NotServing as i32);
     let shown_not_ready = async {
         for _ in 0..50 {
             let members = a.members().await.unwrap();

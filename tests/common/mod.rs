@@ -60,3 +60,23 @@ pub async fn stop(node: NodeHandle) {
         .expect("node stops without hanging")
         .expect("node stops cleanly");
 }
+
+/// `grpc.health.v1.Health/Check` for the whole server, sent with no token
+/// (health stays open on every node): the raw serving status.
+pub async fn health(node: &NodeHandle) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.api_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers without a token")
+        .into_inner()
+        .status
+}

@@ -1,11 +1,15 @@
 //! A three-node cluster started from the command line, one node per loopback
 //! address (127.0.0.1, .2, .3) with static seeds, driven through the client.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)] // not every helper is used here
+mod processes;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_client::{Client, ClientConfig, NewTicket};
+
+use processes::{Fleet, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 const SECRET: &str = "cli-cluster-test-secret-with-at-least-32-bytes";
@@ -13,35 +17,10 @@ const API_TOKEN: &str = "cli-cluster-test-api-token-with-32-bytes-or-more";
 const GOSSIP_PORT: u16 = 17946;
 const PEER_PORT: u16 = 17947;
 
-/// The `tessera serve` processes, killed on drop.
-struct Fleet {
-    nodes: Vec<Option<Child>>,
-    api: Vec<String>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn start_fleet() -> Fleet {
     let ips = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
     let seeds: Vec<String> = ips.iter().map(|ip| format!("{ip}:{GOSSIP_PORT}")).collect();
-    let mut fleet = Fleet {
-        nodes: Vec::new(),
-        api: Vec::new(),
-    };
+    let mut fleet = Fleet::default();
     for (n, ip) in ips.iter().enumerate() {
         let api = format!("{ip}:{}", free_port(ip));
         let child = Command::new(BIN)

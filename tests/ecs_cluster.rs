@@ -9,9 +9,11 @@
 
 #![cfg(feature = "ecs")]
 
+#[allow(dead_code)] // not every helper is used here
+mod processes;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -23,6 +25,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 use tessera_client::{Client, ClientConfig, NewTicket};
+
+use processes::{Fleet, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 const SECRET: &str = "ecs-cluster-test-secret-with-at-least-32-bytes";
@@ -136,36 +140,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The `tessera serve` processes, killed on drop.
-#[derive(Default)]
-struct Fleet {
-    nodes: Vec<Option<Child>>,
-    api: Vec<String>,
-    logs: Vec<PathBuf>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Fleet {
-    fn log(&self, n: usize) -> String {
-        std::fs::read_to_string(&self.logs[n]).unwrap_or_default()
-    }
-}
-
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Task metadata endpoint v4 for every node: `GET /{node}/task`.

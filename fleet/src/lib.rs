@@ -13,6 +13,7 @@ pub mod workload;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -47,11 +48,15 @@ fn repo_root() -> PathBuf {
 }
 
 /// `docker compose` (v2) when the plugin exists, else `docker-compose` (v1).
+/// Asked once per process: every compose call would otherwise spawn the probe.
 fn compose_command() -> Command {
-    let v2 = Command::new("docker")
-        .args(["compose", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    static V2: OnceLock<bool> = OnceLock::new();
+    let v2 = *V2.get_or_init(|| {
+        Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if v2 {
         let mut command = Command::new("docker");
         command.arg("compose");
@@ -216,11 +221,6 @@ impl Fleet {
 
     pub fn network(&self) -> String {
         format!("{}_fleet", self.project)
-    }
-
-    /// The API token every node requires.
-    pub fn token(&self) -> &str {
-        &self.token
     }
 
     /// A client over these nodes, in this order (it fails over in order).

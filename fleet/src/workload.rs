@@ -168,10 +168,6 @@ impl History {
         self.with(|r| r.consumes_refused)
     }
 
-    pub fn acknowledged(&self) -> u64 {
-        self.with(|r| r.acknowledged)
-    }
-
     /// Asks every node in `nodes` directly (no failover) about every ticket
     /// the history knows the fate of.
     pub async fn check(&self, fleet: &Fleet, nodes: &[u8]) -> anyhow::Result<Report> {

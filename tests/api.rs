@@ -454,6 +454,157 @@ async fn concurrent_consumes_of_single_use_tickets_succeed_exactly_once() {
     common::stop(node).await;
 }
 
+/// A raw gRPC client, for the `Batch` RPC as other languages' clients send it.
+async fn raw_client(
+    node: &tessera::server::NodeHandle,
+) -> tessera_proto::v1::ticket_store_client::TicketStoreClient<tonic::transport::Channel> {
+    tessera_proto::v1::ticket_store_client::TicketStoreClient::connect(format!(
+        "http://{}",
+        node.api_addr()
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_call_as_its_own_rpc_would_in_order() {
+    use tessera_proto::v1 as pb;
+    use tessera_proto::v1::batch_call::Call;
+    use tessera_proto::v1::batch_outcome::Outcome;
+
+    let (node, client) = common::start().await;
+    let mut raw = raw_client(&node).await;
+    let put = |id: &str, ttl_ms: u64| {
+        Call::Put(pb::PutRequest {
+            id: id.into(),
+            ttl_ms,
+            max_uses: 1,
+            ..Default::default()
+        })
+    };
+    let batch = |calls: Vec<Option<Call>>| pb::BatchRequest {
+        calls: calls
+            .into_iter()
+            .map(|call| pb::BatchCall { call })
+            .collect(),
+    };
+    let codes = |outcomes: &[pb::BatchOutcome]| -> Vec<i32> {
+        outcomes
+            .iter()
+            .map(|o| match &o.outcome {
+                Some(Outcome::Error(e)) => e.code,
+                Some(_) => 0,
+                None => -1,
+            })
+            .collect()
+    };
+
+    let first = raw
+        .batch(batch(vec![
+            Some(put("ST-6-b1", 60_000)),
+            Some(put("ST-6-b2", 0)), // ttl 0: refused alone
+            Some(put("TGT-6-b3", 60_000)),
+            None, // a call from a newer client
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    use tonic::Code;
+    assert_eq!(
+        codes(&first),
+        [
+            0,
+            Code::InvalidArgument as i32,
+            0,
+            Code::Unimplemented as i32
+        ]
+    );
+    match &first[0].outcome {
+        Some(Outcome::Ticket(t)) => assert_eq!((t.id.as_str(), t.max_uses), ("ST-6-b1", 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.count().await.unwrap().total, 2);
+
+    // Two consumes of a single-use ticket in one batch: exactly one wins.
+    let consume = || {
+        Call::Consume(pb::ConsumeRequest {
+            id: "ST-6-b1".into(),
+        })
+    };
+    let second = raw
+        .batch(batch(vec![
+            Some(consume()),
+            Some(Call::Get(pb::GetRequest {
+                id: "ST-6-b2".into(),
+            })),
+            Some(consume()),
+            Some(Call::Delete(pb::DeleteRequest {
+                id: "TGT-6-b3".into(),
+            })),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    let codes = codes(&second);
+    assert_eq!(codes[1], Code::NotFound as i32, "never stored");
+    let mut consumes = [codes[0], codes[2]];
+    consumes.sort();
+    assert_eq!(
+        consumes,
+        [0, Code::NotFound as i32],
+        "one use of one allowed"
+    );
+    match &second[3].outcome {
+        Some(Outcome::Deleted(d)) => assert_eq!(d.deleted, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.count().await.unwrap().total, 0);
+    common::stop(node).await;
+}
+
+#[tokio::test]
+async fn a_batch_over_the_call_limit_is_refused_whole_and_acts_on_none() {
+    use tessera_proto::v1 as pb;
+    use tessera_proto::v1::batch_call::Call;
+
+    let (node, client) = common::start().await;
+    let mut raw = raw_client(&node).await;
+    let calls = (0..=tessera::api::MAX_BATCH_CALLS)
+        .map(|n| pb::BatchCall {
+            call: Some(Call::Put(pb::PutRequest {
+                id: format!("ST-6-limit-{n}"),
+                ttl_ms: 60_000,
+                ..Default::default()
+            })),
+        })
+        .collect();
+    let status = raw.batch(pb::BatchRequest { calls }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("at most 1024"), "{status:?}");
+    assert_eq!(client.count().await.unwrap().total, 0);
+    // Still serving, a full batch included.
+    let calls = (0..tessera::api::MAX_BATCH_CALLS)
+        .map(|n| pb::BatchCall {
+            call: Some(Call::Put(pb::PutRequest {
+                id: format!("ST-6-limit-{n}"),
+                ttl_ms: 60_000,
+                ..Default::default()
+            })),
+        })
+        .collect();
+    let outcomes = raw
+        .batch(pb::BatchRequest { calls })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), tessera::api::MAX_BATCH_CALLS);
+    assert_eq!(client.count().await.unwrap().total, 1024);
+    common::stop(node).await;
+}
+
 // ---- 7. update ----
 
 #[tokio::test]

@@ -14,7 +14,11 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use tessera_proto::v1::batch_call::Call;
+use tessera_proto::v1::batch_outcome::Outcome;
+
 use crate::addr::parse_address;
+use crate::batch::Batcher;
 use crate::failover::{Failure, Idempotency, fails_over};
 use crate::stream::TicketStream;
 use crate::types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
@@ -106,7 +110,10 @@ struct Shared {
 struct Node {
     /// Normalized address, for messages.
     addr: String,
+    /// For the calls that are not batched (admin calls, listings).
     grpc: TicketStoreClient<Channel>,
+    /// For the ticket calls: put, get, touch, consume, update, delete.
+    batcher: Batcher,
 }
 
 impl Client {
@@ -167,6 +174,7 @@ impl Client {
                     .max_encoding_message_size(MAX_MESSAGE_SIZE);
                 Ok(Node {
                     addr: address.text,
+                    batcher: Batcher::start(grpc.clone(), authorization.clone()),
                     grpc,
                 })
             })
@@ -215,26 +223,14 @@ impl Client {
         } else {
             Idempotency::Idempotent
         };
-        let msg = convert::put_request(ticket);
-        self.unary(
-            idempotency,
-            |mut c, req| async move { c.put(req).await },
-            msg,
-        )
-        .await
-        .map(Ticket::from)
+        let call = Call::Put(convert::put_request(ticket));
+        self.ticket_call(idempotency, call).await
     }
 
     /// Reads a live ticket without recording a use or extending anything.
     pub async fn get(&self, id: &str) -> Result<Ticket, Error> {
-        let msg = pb::GetRequest { id: id.to_owned() };
-        self.unary(
-            Idempotency::Idempotent,
-            |mut c, req| async move { c.get(req).await },
-            msg,
-        )
-        .await
-        .map(Ticket::from)
+        let call = Call::Get(pb::GetRequest { id: id.to_owned() });
+        self.ticket_call(Idempotency::Idempotent, call).await
     }
 
     /// Records one use (`last_used` = now, `uses` + 1), which restarts the idle
@@ -243,14 +239,8 @@ impl Client {
     /// Not idempotent: retried on another node only if the first provably never
     /// received it.
     pub async fn touch(&self, id: &str) -> Result<Ticket, Error> {
-        let msg = pb::TouchRequest { id: id.to_owned() };
-        self.unary(
-            Idempotency::NotIdempotent,
-            |mut c, req| async move { c.touch(req).await },
-            msg,
-        )
-        .await
-        .map(Ticket::from)
+        let call = Call::Touch(pb::TouchRequest { id: id.to_owned() });
+        self.ticket_call(Idempotency::NotIdempotent, call).await
     }
 
     /// Checks and records one use atomically: of concurrent consumes of a ticket
@@ -261,14 +251,8 @@ impl Client {
     /// received it. After [`Error::Timeout`] the use may or may not have been
     /// recorded.
     pub async fn consume(&self, id: &str) -> Result<Ticket, Error> {
-        let msg = pb::ConsumeRequest { id: id.to_owned() };
-        self.unary(
-            Idempotency::NotIdempotent,
-            |mut c, req| async move { c.consume(req).await },
-            msg,
-        )
-        .await
-        .map(Ticket::from)
+        let call = Call::Consume(pb::ConsumeRequest { id: id.to_owned() });
+        self.ticket_call(Idempotency::NotIdempotent, call).await
     }
 
     /// Replaces the payload and/or idle timeout of a live ticket; with
@@ -283,27 +267,18 @@ impl Client {
         } else {
             Idempotency::Idempotent
         };
-        let msg = convert::update_request(id, update);
-        self.unary(
-            idempotency,
-            |mut c, req| async move { c.update(req).await },
-            msg,
-        )
-        .await
-        .map(Ticket::from)
+        let call = Call::Update(convert::update_request(id, update));
+        self.ticket_call(idempotency, call).await
     }
 
     /// Deletes a ticket and all its descendants; returns how many live tickets
     /// were removed (0 if it did not exist, which is not an error).
     pub async fn delete(&self, id: &str) -> Result<u64, Error> {
-        let msg = pb::DeleteRequest { id: id.to_owned() };
-        self.unary(
-            Idempotency::Idempotent,
-            |mut c, req| async move { c.delete(req).await },
-            msg,
-        )
-        .await
-        .map(|r| r.deleted)
+        let call = Call::Delete(pb::DeleteRequest { id: id.to_owned() });
+        match self.call(Idempotency::Idempotent, call).await? {
+            Outcome::Deleted(reply) => Ok(reply.deleted),
+            other => Err(unexpected("delete", &other)),
+        }
     }
 
     /// Deletes every ticket that exists when the call starts; returns the number removed.
@@ -367,7 +342,8 @@ impl Client {
     pub async fn list(&self, filter: ListFilter) -> Result<TicketStream, Error> {
         let msg = convert::list_request(filter);
         let (stream, first) = self
-            .attempts(Idempotency::Idempotent, |mut c| {
+            .attempts(Idempotency::Idempotent, |node| {
+                let mut c = node.grpc.clone();
                 let req = self.request(msg.clone());
                 async move {
                     let mut stream = c.list(req).await?.into_inner();
@@ -402,6 +378,21 @@ impl Client {
         .await
     }
 
+    /// A call answered with a ticket.
+    async fn ticket_call(&self, idempotency: Idempotency, call: Call) -> Result<Ticket, Error> {
+        match self.call(idempotency, call).await? {
+            Outcome::Ticket(ticket) => Ok(Ticket::from(ticket)),
+            other => Err(unexpected("ticket call", &other)),
+        }
+    }
+
+    /// A ticket call, through each node's batcher (see [`crate::batch`]).
+    async fn call(&self, idempotency: Idempotency, call: Call) -> Result<Outcome, Error> {
+        let timeout = self.call_timeout;
+        self.attempts(idempotency, |node| node.batcher.call(call.clone(), timeout))
+            .await
+    }
+
     /// A unary call: a fresh request with the `grpc-timeout` header per attempt.
     async fn unary<M, R, F, Fut>(
         &self,
@@ -414,7 +405,8 @@ impl Client {
         F: Fn(TicketStoreClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.attempts(idempotency, |c| {
+        self.attempts(idempotency, |node| {
+            let c = node.grpc.clone();
             let mut req = self.request(msg.clone());
             // The server stops working on it once the caller has given up.
             req.set_timeout(self.call_timeout);
@@ -442,7 +434,7 @@ impl Client {
         mut attempt: F,
     ) -> Result<R, Error>
     where
-        F: FnMut(TicketStoreClient<Channel>) -> Fut,
+        F: FnMut(&Node) -> Fut,
         Fut: Future<Output = Result<R, Status>>,
     {
         let nodes = &self.shared.nodes;
@@ -454,15 +446,14 @@ impl Client {
             let Some(node) = nodes.get(index) else {
                 continue;
             };
-            let failure =
-                match tokio::time::timeout(self.call_timeout, attempt(node.grpc.clone())).await {
-                    Ok(Ok(reply)) => {
-                        self.prefer(index);
-                        return Ok(reply);
-                    }
-                    Ok(Err(status)) => Failure::Status(status),
-                    Err(_) => Failure::Elapsed(self.call_timeout),
-                };
+            let failure = match tokio::time::timeout(self.call_timeout, attempt(node)).await {
+                Ok(Ok(reply)) => {
+                    self.prefer(index);
+                    return Ok(reply);
+                }
+                Ok(Err(status)) => Failure::Status(status),
+                Err(_) => Failure::Elapsed(self.call_timeout),
+            };
             if !fails_over(&failure, idempotency) {
                 if fails_over(&failure, Idempotency::Idempotent) {
                     // The node did not answer: this call may not be repeated
@@ -516,6 +507,18 @@ fn attempt_error(addr: &str, failure: Failure) -> Error {
             other => other,
         },
     }
+}
+
+/// A node answered a call with the outcome of another kind of call.
+fn unexpected(what: &str, outcome: &Outcome) -> Error {
+    let got = match outcome {
+        Outcome::Ticket(_) => "a ticket",
+        Outcome::Deleted(_) => "a delete count",
+        Outcome::Error(_) => "an error",
+    };
+    Error::Other(Status::internal(format!(
+        "the node answered a {what} with {got}"
+    )))
 }
 
 /// The error once every node has been tried: the only one if there was one node,

@@ -49,6 +49,18 @@
 //! speaks plaintext HTTP/2), so `https://` addresses are refused rather than
 //! silently used in plaintext.
 //!
+//! # Batching
+//!
+//! The ticket calls (put, get, touch, consume, update, delete) of concurrent
+//! callers sharing a [`Client`] travel together: each node has one batcher task
+//! that sends what is queued as one `Batch` RPC whenever one of its four slots is
+//! free. A call made alone goes out at once, in a batch of one; under load, the
+//! calls queued while earlier batches are on the wire share the next one and its
+//! per-RPC cost. Each call still gets exactly the answer (or the failure) its own
+//! RPC would have had, and fails over by the rules below. So share one `Client`
+//! across a process's request threads rather than creating one per thread. A
+//! node of a version without `Batch` is sent single RPCs.
+//!
 //! # Timeouts
 //!
 //! Every attempt of a call is bounded by [`ClientConfig::call_timeout`] (5 s by
@@ -120,6 +132,7 @@
 #![warn(missing_docs)]
 
 mod addr;
+mod batch;
 mod client;
 mod convert;
 mod error;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tessera_proto::v1 as pb;
+use tessera_proto::v1::batch_call::Call;
+use tessera_proto::v1::batch_outcome::Outcome;
 use tessera_proto::v1::ticket_store_server::{TicketStore, TicketStoreServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -32,11 +34,16 @@ enum Mode {
     /// Serve only calls carrying `authorization: Bearer <this>`; refuse the
     /// others with UNAUTHENTICATED, as a node with an API token does.
     RequireToken(&'static str),
+    /// Answer normally after this long.
+    Slow(Duration),
 }
 
 #[derive(Default)]
 struct Stats {
+    /// Ticket calls answered, whether alone or in a batch.
     calls: AtomicUsize,
+    /// Calls of each `Batch` RPC received, refused ones included.
+    batches: Mutex<Vec<usize>>,
     grpc_timeouts: Mutex<Vec<Option<String>>>,
     authorizations: Mutex<Vec<Option<String>>>,
 }
@@ -45,12 +52,18 @@ impl Stats {
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches.lock().expect("stats lock").clone()
+    }
 }
 
 struct Fake {
     name: &'static str,
     mode: Mode,
     stats: Arc<Stats>,
+    /// False for a node of a version without the `Batch` RPC.
+    knows_batch: bool,
 }
 
 const BIG: usize = 5 * 1024 * 1024;
@@ -112,11 +125,20 @@ impl Fake {
         }
     }
 
+    /// The answer to a call on ticket `id`; ids starting with "missing" are
+    /// not found.
     async fn answer<T>(&self, req: &Request<T>, id: &str) -> Result<Response<pb::Ticket>, Status> {
         self.record(req);
         self.check_token(req)?;
+        if id.starts_with("missing") {
+            return Err(Status::not_found("no such ticket"));
+        }
         match self.mode {
             Mode::Serve | Mode::StallAfterFirst | Mode::RequireToken(_) => {
+                Ok(Response::new(self.ticket(id)))
+            }
+            Mode::Slow(wait) => {
+                tokio::time::sleep(wait).await;
                 Ok(Response::new(self.ticket(id)))
             }
             Mode::Fail(code, message) => Err(Status::new(code, message)),
@@ -207,7 +229,7 @@ impl TicketStore for Fake {
             Mode::StallAfterFirst => Box::pin(
                 tokio_stream::iter(tickets.into_iter().take(1)).chain(tokio_stream::pending()),
             ),
-            Mode::Serve | Mode::Big | Mode::RequireToken(_) => {
+            Mode::Serve | Mode::Big | Mode::RequireToken(_) | Mode::Slow(_) => {
                 Box::pin(tokio_stream::iter(tickets))
             }
         };
@@ -223,10 +245,57 @@ impl TicketStore for Fake {
     async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::NodeStats>, Status> {
         Err(Status::unimplemented("stats"))
     }
+
+    /// Each call answered as its own RPC would be, one after the other.
+    async fn batch(
+        &self,
+        r: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        self.stats
+            .batches
+            .lock()
+            .expect("stats lock")
+            .push(r.get_ref().calls.len());
+        if !self.knows_batch {
+            // What tonic answers for a method the service does not have.
+            return Err(Status::unimplemented(""));
+        }
+        let mut outcomes = Vec::new();
+        for call in &r.get_ref().calls {
+            let id = match &call.call {
+                Some(Call::Put(m)) => &m.id,
+                Some(Call::Get(m)) => &m.id,
+                Some(Call::Touch(m)) => &m.id,
+                Some(Call::Consume(m)) => &m.id,
+                Some(Call::Update(m)) => &m.id,
+                Some(Call::Delete(_)) | None => panic!("the fake answers no such call"),
+            };
+            let outcome = match self.answer(&r, id).await {
+                Ok(ticket) => Outcome::Ticket(ticket.into_inner()),
+                Err(status) => Outcome::Error(pb::CallError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            };
+            outcomes.push(pb::BatchOutcome {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(Response::new(pb::BatchResponse { outcomes }))
+    }
 }
 
 /// Starts a fake node on 127.0.0.1; returns its address and call statistics.
 async fn spawn(name: &'static str, mode: Mode) -> (String, Arc<Stats>) {
+    spawn_fake(name, mode, true).await
+}
+
+/// Starts a fake node of a version without the `Batch` RPC.
+async fn spawn_old(name: &'static str, mode: Mode) -> (String, Arc<Stats>) {
+    spawn_fake(name, mode, false).await
+}
+
+async fn spawn_fake(name: &'static str, mode: Mode, knows_batch: bool) -> (String, Arc<Stats>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let stats = Arc::new(Stats::default());
@@ -234,6 +303,7 @@ async fn spawn(name: &'static str, mode: Mode) -> (String, Arc<Stats>) {
         name,
         mode,
         stats: Arc::clone(&stats),
+        knows_batch,
     };
     let service = TicketStoreServer::new(fake).max_encoding_message_size(64 * 1024 * 1024);
     tokio::spawn(
@@ -654,4 +724,105 @@ async fn tokens_that_cannot_be_a_header_are_refused_and_never_shown() {
         .expect("connect");
     let shown = format!("{client:?}");
     assert!(!shown.contains(TOKEN), "{shown}");
+}
+
+// ---- batching ----
+
+#[tokio::test]
+async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
+    const CALLS: usize = 200;
+    let (slow, stats) = spawn("slow", Mode::Slow(Duration::from_millis(20))).await;
+    let client = client(&[&slow], 10 * SECOND).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLS {
+        let client = client.clone();
+        let id = if n % 2 == 0 {
+            format!("ST-{n}")
+        } else {
+            format!("missing-{n}")
+        };
+        calls.spawn(async move { (id.clone(), client.get(&id).await) });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let (id, answer) = joined.expect("call task");
+        match answer {
+            Ok(ticket) => assert_eq!(ticket.id, id, "another call's answer"),
+            Err(Error::NotFound(_)) => assert!(id.starts_with("missing"), "{id}"),
+            Err(other) => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(stats.calls(), CALLS, "every call answered exactly once");
+    let batches = stats.batches();
+    assert_eq!(batches.iter().sum::<usize>(), CALLS);
+    // At most 4 batches wait on the slow node at once; the calls queued
+    // meanwhile go together in the next ones.
+    assert!(
+        batches.len() <= 12,
+        "{} batches for {CALLS} concurrent calls: {batches:?}",
+        batches.len()
+    );
+}
+
+#[tokio::test]
+async fn a_call_alone_is_sent_at_once_in_a_batch_of_one() {
+    let (live, stats) = spawn("live", Mode::Serve).await;
+    let client = client(&[&live], SECOND).await;
+    for n in 0..3 {
+        client.get(&format!("ST-{n}")).await.expect("served");
+    }
+    assert_eq!(stats.batches(), vec![1, 1, 1]);
+}
+
+#[tokio::test]
+async fn a_node_without_batch_gets_each_call_alone_and_nothing_twice() {
+    let (old, stats) = spawn_old("old", Mode::Serve).await;
+    let client = client(&[&old], SECOND).await;
+    let ticket = client
+        .consume("ST-1")
+        .await
+        .expect("served as a single RPC");
+    assert_eq!(
+        (ticket.id.as_str(), ticket.version.as_str()),
+        ("ST-1", "old")
+    );
+    assert_eq!(stats.calls(), 1, "the refused batch acted on nothing");
+    client.get("ST-2").await.expect("served");
+    client
+        .put(NewTicket::new("TGT-3", SECOND))
+        .await
+        .expect("served");
+    assert_eq!(stats.calls(), 3);
+    assert_eq!(
+        stats.batches(),
+        vec![1],
+        "after one refusal the node is not asked again for a while"
+    );
+}
+
+#[tokio::test]
+async fn a_call_too_big_for_a_batch_goes_alone() {
+    let (slow, stats) = spawn("slow", Mode::Slow(Duration::from_millis(20))).await;
+    let client = client(&[&slow], 10 * SECOND).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let client = client.clone();
+        // Every 10th put is 100 KiB, more than one batch may carry.
+        let size = if n % 10 == 0 { 100 * 1024 } else { 2 * 1024 };
+        calls.spawn(async move {
+            let ticket = NewTicket::new(format!("ST-{n}"), SECOND).payload(vec![1u8; size]);
+            client.put(ticket).await
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        joined.expect("call task").expect("served");
+    }
+    assert_eq!(stats.calls(), 40);
+    let batches = stats.batches();
+    assert_eq!(batches.iter().sum::<usize>(), 40);
+    // 48 KiB hold at most 23 of the 2 KiB puts; a 100 KiB one goes alone.
+    assert!(batches.iter().all(|&n| n <= 23), "{batches:?}");
+    assert!(
+        batches.iter().filter(|&&n| n == 1).count() >= 4,
+        "{batches:?}"
+    );
 }

@@ -15,12 +15,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::future::join_all;
+use tessera_proto::v1::batch_call::Call;
+use tessera_proto::v1::batch_outcome::Outcome;
 use tessera_proto::v1::ticket_store_server::TicketStore;
 use tessera_proto::v1::{
-    ConsumeRequest, CountRequest, CountResponse, DeleteAllRequest, DeleteForRequest, DeleteRequest,
-    DeleteResponse, GetRequest, ListRequest, Member, MembersRequest, MembersResponse, NodeStats,
-    PutRequest, SessionsForRequest, SessionsForResponse, StatsRequest, Ticket, TouchRequest,
-    UpdateRequest,
+    BatchOutcome, BatchRequest, BatchResponse, CallError, ConsumeRequest, CountRequest,
+    CountResponse, DeleteAllRequest, DeleteForRequest, DeleteRequest, DeleteResponse, GetRequest,
+    ListRequest, Member, MembersRequest, MembersResponse, NodeStats, PutRequest,
+    SessionsForRequest, SessionsForResponse, StatsRequest, Ticket, TouchRequest, UpdateRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -39,6 +42,10 @@ pub use status::to_status;
 /// Tickets per store page while listing; the stream buffers at most one page
 /// beyond what the client has read, whatever the store holds.
 const LIST_PAGE: usize = 256;
+
+/// Most calls one [`TicketStore::batch`] may carry (the proto's documented limit),
+/// so one message can not hold a node's cores for long.
+pub const MAX_BATCH_CALLS: usize = 1024;
 
 /// What the API needs to know about its node.
 pub struct NodeInfo {
@@ -92,67 +99,116 @@ impl TicketApi {
     }
 }
 
+/// The ticket calls, each answered the same whether it came as its own RPC or
+/// inside a [`TicketStore::batch`].
+impl TicketApi {
+    async fn put_call(&self, request: PutRequest) -> Result<Ticket, Status> {
+        let view = self.serving()?.put(put_ticket(request)).await;
+        Ok(ticket(view.map_err(to_status)?))
+    }
+
+    async fn get_call(&self, request: GetRequest) -> Result<Ticket, Status> {
+        let view = self.serving()?.get(&request.id).await;
+        Ok(ticket(view.map_err(to_status)?))
+    }
+
+    async fn touch_call(&self, request: TouchRequest) -> Result<Ticket, Status> {
+        let view = self.serving()?.touch(&request.id).await;
+        Ok(ticket(view.map_err(to_status)?))
+    }
+
+    async fn consume_call(&self, request: ConsumeRequest) -> Result<Ticket, Status> {
+        let view = self.serving()?.consume(&request.id).await;
+        Ok(ticket(view.map_err(to_status)?))
+    }
+
+    async fn update_call(&self, request: UpdateRequest) -> Result<Ticket, Status> {
+        let id = request.id.clone();
+        let view = self.serving()?.update(&id, update_ticket(request)).await;
+        Ok(ticket(view.map_err(to_status)?))
+    }
+
+    async fn delete_call(&self, request: DeleteRequest) -> Result<DeleteResponse, Status> {
+        let deleted = self.serving()?.delete(&request.id).await;
+        Ok(DeleteResponse {
+            deleted: deleted.map_err(to_status)?,
+        })
+    }
+
+    /// One call of a batch; a failure becomes that call's outcome, not the batch's.
+    async fn batch_call(&self, call: Option<Call>) -> Outcome {
+        let answer = match call {
+            Some(Call::Put(r)) => self.put_call(r).await.map(Outcome::Ticket),
+            Some(Call::Get(r)) => self.get_call(r).await.map(Outcome::Ticket),
+            Some(Call::Touch(r)) => self.touch_call(r).await.map(Outcome::Ticket),
+            Some(Call::Consume(r)) => self.consume_call(r).await.map(Outcome::Ticket),
+            Some(Call::Update(r)) => self.update_call(r).await.map(Outcome::Ticket),
+            Some(Call::Delete(r)) => self.delete_call(r).await.map(Outcome::Deleted),
+            // A call this version does not know, from a newer client.
+            None => Err(Status::unimplemented("unknown call in batch")),
+        };
+        answer.unwrap_or_else(|status| {
+            Outcome::Error(CallError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        })
+    }
+}
+
 type TicketStream = Pin<Box<dyn Stream<Item = Result<Ticket, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl TicketStore for TicketApi {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<Ticket>, Status> {
-        let view = self
-            .serving()?
-            .put(put_ticket(request.into_inner()))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ticket(view)))
+        Ok(Response::new(self.put_call(request.into_inner()).await?))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Ticket>, Status> {
-        let view = self
-            .serving()?
-            .get(&request.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ticket(view)))
+        Ok(Response::new(self.get_call(request.into_inner()).await?))
     }
 
     async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<Ticket>, Status> {
-        let view = self
-            .serving()?
-            .touch(&request.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ticket(view)))
+        Ok(Response::new(self.touch_call(request.into_inner()).await?))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<Ticket>, Status> {
-        let view = self
-            .serving()?
-            .consume(&request.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ticket(view)))
+        Ok(Response::new(
+            self.consume_call(request.into_inner()).await?,
+        ))
     }
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<Ticket>, Status> {
-        let request = request.into_inner();
-        let id = request.id.clone();
-        let view = self
-            .serving()?
-            .update(&id, update_ticket(request))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(ticket(view)))
+        Ok(Response::new(self.update_call(request.into_inner()).await?))
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let deleted = self
-            .serving()?
-            .delete(&request.into_inner().id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(DeleteResponse { deleted }))
+        Ok(Response::new(self.delete_call(request.into_inner()).await?))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<BatchRequest>,
+    ) -> Result<Response<BatchResponse>, Status> {
+        let calls = request.into_inner().calls;
+        if calls.len() > MAX_BATCH_CALLS {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} calls: at most {MAX_BATCH_CALLS}",
+                calls.len()
+            )));
+        }
+        let outcomes = join_all(calls.into_iter().map(|c| self.batch_call(c.call))).await;
+        Ok(Response::new(BatchResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|outcome| BatchOutcome {
+                    outcome: Some(outcome),
+                })
+                .collect(),
+        }))
     }
 
     async fn delete_all(

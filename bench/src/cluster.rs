@@ -23,7 +23,7 @@ use crate::load::Ids;
 use crate::memory;
 use crate::report::{self, ms, thousands};
 use crate::stats::{OpStats, OpSummary};
-use crate::target::Target;
+use crate::target::{Sharing, Target};
 
 const NODES: usize = 3;
 /// Longest wait for the cluster to form, a node to leave, or a ticket to show.
@@ -310,7 +310,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     );
     let target = Target::Tessera(vec![format!("http://{}", fleet.api[0])]);
     let conns = target
-        .connect(args.clients, 8, config.token.as_deref())
+        .connect(args.clients, Sharing::default(), config.token.as_deref())
         .await?;
     let (errors, took) = memory::load(&conns, args.catchup_tickets, args.payload, "cu", TTL).await;
     figures.catchup_write_secs = took.as_secs_f64();

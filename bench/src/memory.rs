@@ -12,7 +12,7 @@ use crate::load::Ids;
 use crate::machine::rss_bytes;
 use crate::report::{self, thousands};
 use crate::run::read_token;
-use crate::target::{Conn, Target};
+use crate::target::{Conn, Sharing, Target};
 
 /// Time to live of the loaded tickets: long enough to outlive the reading.
 const TTL: Duration = Duration::from_secs(3600);
@@ -38,7 +38,8 @@ pub struct MemoryArgs {
     pub payload: usize,
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    #[arg(long, default_value_t = 8)]
+    /// `tessera-client` handles shared by the clients (see `run --help`).
+    #[arg(long, default_value_t = 1)]
     pub tessera_conns: usize,
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -119,7 +120,7 @@ async fn measure(
     token: Option<&str>,
 ) -> anyhow::Result<MemoryFigures> {
     let conns = target
-        .connect(args.clients, args.tessera_conns, token)
+        .connect(args.clients, Sharing { tessera: args.tessera_conns, ..Sharing::default() }, token)
         .await?;
     let mut probe = conns[0].clone();
     let info_before = probe

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::load::{self, Round, Spec, Workload};
 use crate::report::{self, ms, ratio, thousands};
 use crate::stats::{OpSummary, median_summary};
-use crate::target::{Conn, Target};
+use crate::target::{Conn, Sharing, Target};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -25,9 +25,15 @@ pub struct RunArgs {
     /// Virtual clients (Redis: one connection each).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// HTTP/2 connections per Tessera node, shared round-robin by the clients.
-    #[arg(long, default_value_t = 8)]
+    /// `tessera-client` handles (one HTTP/2 connection per node each) shared
+    /// round-robin by the clients; each batches the concurrent calls of its
+    /// clients. One, as a CAS node holds one.
+    #[arg(long, default_value_t = 1)]
     pub tessera_conns: usize,
+    /// Redis connections shared round-robin by the clients (the `redis` crate
+    /// pipelines the commands of clients sharing one); 0 = one per client.
+    #[arg(long, default_value_t = 0)]
+    pub redis_conns: usize,
     /// Measured time per round and target.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -88,7 +94,7 @@ pub struct TargetFigures {
 #[derive(Serialize)]
 pub struct RunFigures {
     pub spec: Spec,
-    pub tessera_conns: usize,
+    pub sharing: Sharing,
     pub targets: Vec<TargetFigures>,
     /// First target over second, per operation: ops/s and latencies.
     pub ratios: BTreeMap<String, BTreeMap<String, f64>>,
@@ -134,10 +140,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         keys_per_client: args.keys_per_client,
         prefill: args.prefill,
     };
+    let sharing = Sharing {
+        tessera: args.tessera_conns,
+        redis: args.redis_conns,
+    };
     let mut targets: Vec<(Target, Vec<Conn>)> = Vec::new();
     for t in std::iter::once(&args.target).chain(args.compare.as_ref()) {
         let conns = t
-            .connect(args.clients, args.tessera_conns, token.as_deref())
+            .connect(args.clients, sharing, token.as_deref())
             .await?;
         targets.push((t.clone(), conns));
     }
@@ -232,7 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .sum();
     let out = RunFigures {
         spec,
-        tessera_conns: args.tessera_conns,
+        sharing,
         targets: figures,
         ratios,
     };

@@ -13,7 +13,7 @@ use crate::memory;
 use crate::report::{self, ms, thousands};
 use crate::run::read_token;
 use crate::stats::{OpStats, OpSummary};
-use crate::target::{Conn, Target};
+use crate::target::{Conn, Sharing, Target};
 
 /// Long-lived tickets the readers read.
 const HOT_TTL: Duration = Duration::from_secs(3600);
@@ -34,7 +34,8 @@ pub struct StormArgs {
     /// Clients writing the tickets.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    #[arg(long, default_value_t = 8)]
+    /// `tessera-client` handles shared by the clients (see `run --help`).
+    #[arg(long, default_value_t = 1)]
     pub tessera_conns: usize,
     /// Clients reading during the storm.
     #[arg(long, default_value_t = 16)]
@@ -72,10 +73,10 @@ async fn storm(
     token: Option<&str>,
 ) -> anyhow::Result<StormFigures> {
     let loaders = target
-        .connect(args.clients, args.tessera_conns, token)
+        .connect(args.clients, Sharing { tessera: args.tessera_conns, ..Sharing::default() }, token)
         .await?;
     let readers = target
-        .connect(args.readers, args.tessera_conns.min(args.readers), token)
+        .connect(args.readers, Sharing { tessera: args.tessera_conns, ..Sharing::default() }, token)
         .await?;
     let payload = Bytes::from(vec![b'h'; args.payload]);
     let ids = Ids::new("hot");

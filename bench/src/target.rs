@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use serde::Serialize;
 use tessera_client::{Client, ClientConfig, NewTicket};
 
 /// TGT hard time to live and idle timeout (CAS defaults: 8 h and 2 h).
@@ -94,15 +95,19 @@ impl Target {
 
     /// One connection handle per virtual client.
     ///
-    /// Redis: one TCP connection per client, like a pool of `clients`
-    /// connections, so no client's commands are pipelined with another's.
-    /// Tessera: `tessera_conns` groups of `tessera-client` handles (one HTTP/2
-    /// connection per node each) shared round-robin by the clients; client `i`
-    /// issues through node `i % n` and consumes through node `(i + 1) % n`.
+    /// Tessera: `sharing.tessera` groups of `tessera-client` handles (one
+    /// HTTP/2 connection per node each) shared round-robin by the clients, whose
+    /// concurrent calls the client batches; client `i` issues through node
+    /// `i % n` and consumes through node `(i + 1) % n`.
+    /// Redis: `sharing.redis` multiplexed connections shared round-robin (the
+    /// `redis` crate pipelines the commands of the clients sharing one, as
+    /// Lettuce's shared connection does for CAS), or with 0 one connection per
+    /// client, like a pool (Jedis), so no client's commands are pipelined with
+    /// another's.
     pub async fn connect(
         &self,
         clients: usize,
-        tessera_conns: usize,
+        sharing: Sharing,
         token: Option<&str>,
     ) -> anyhow::Result<Vec<Conn>> {
         match self {
@@ -113,7 +118,7 @@ impl Target {
                 };
                 let n = addrs.len();
                 let mut groups: Vec<Vec<Client>> = Vec::new();
-                for _ in 0..tessera_conns.max(1) {
+                for _ in 0..sharing.tessera.max(1) {
                     let mut by_start = Vec::new();
                     for start in 0..n {
                         let rotated: Vec<&String> =
@@ -138,8 +143,13 @@ impl Target {
             }
             Target::Redis(url) => {
                 let client = redis::Client::open(url.as_str()).context("redis url")?;
+                let shared = if sharing.redis == 0 {
+                    clients
+                } else {
+                    sharing.redis.min(clients)
+                };
                 let mut conns = Vec::with_capacity(clients);
-                for _ in 0..clients {
+                for _ in 0..shared {
                     let conn = tokio::time::timeout(
                         REDIS_TIMEOUT,
                         client.get_multiplexed_async_connection(),
@@ -149,8 +159,28 @@ impl Target {
                     .with_context(|| format!("redis connect {url}"))?;
                     conns.push(Conn::Redis(conn));
                 }
-                Ok(conns)
+                Ok((0..clients).map(|i| conns[i % shared].clone()).collect())
             }
+        }
+    }
+}
+
+/// How many connections the virtual clients share, per kind of target.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Sharing {
+    /// `tessera-client` handles (one HTTP/2 connection per node each).
+    pub tessera: usize,
+    /// Redis multiplexed connections; 0 = one per client.
+    pub redis: usize,
+}
+
+impl Default for Sharing {
+    /// What a CAS node does with each: one shared Tessera client; for Redis a
+    /// connection per client, which measured faster here than sharing.
+    fn default() -> Sharing {
+        Sharing {
+            tessera: 1,
+            redis: 0,
         }
     }
 }

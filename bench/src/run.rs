@@ -146,9 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut targets: Vec<(Target, Vec<Conn>)> = Vec::new();
     for t in std::iter::once(&args.target).chain(args.compare.as_ref()) {
-        let conns = t
-            .connect(args.clients, sharing, token.as_deref())
-            .await?;
+        let conns = t.connect(args.clients, sharing, token.as_deref()).await?;
         targets.push((t.clone(), conns));
     }
     // The measured phase's bound: the duration, or a generous cap with --ops.

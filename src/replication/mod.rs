@@ -30,14 +30,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{
-    BucketDigests, ConsumeOp, Decide, Decided, Entries, ErrorReply, Fetch, Hlc as WireHlc, Propose,
-    Push, PushAck, UpdateOp, Vote, decide,
+    BucketDigests, ConsumeOp, Decide, Decided, Entries, EntryRecord, ErrorReply, Fetch,
+    Hlc as WireHlc, Propose, Push, PushAck, UpdateOp, Vote, decide,
 };
 use tonic::Code;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::Millis;
-use crate::entry::Entry;
 use crate::error::StoreError;
 use crate::peer::{NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
@@ -535,7 +534,7 @@ impl Replicator {
                 Err(e) => debug!(error = %e, "arbiter unreachable; deciding locally"),
             }
         }
-        let (view, _) = self.decide_here(id, op).await?;
+        let (view, _) = self.decide_here(id, op, false).await?;
         Ok(view)
     }
 
@@ -551,21 +550,19 @@ impl Replicator {
     }
 
     /// Decide a conditional operation on this node (as the arbiter, or because
-    /// the arbiter is unreachable). Returns the ticket and the entry to hand back.
+    /// the arbiter is unreachable). Returns the ticket and, when `hand_back`
+    /// (deciding for a peer), the entry as a record for the peer to merge.
     async fn decide_here(
         &self,
         id: &str,
         op: decide::Op,
-    ) -> Result<(TicketView, Entry), StoreError> {
+        hand_back: bool,
+    ) -> Result<(TicketView, Option<EntryRecord>), StoreError> {
         let stripe = (rendezvous(&self.me, id) % DECIDER_STRIPES as u64) as usize;
         let _serialized = self.deciders[stripe].lock().await;
         self.read_repair(id).await;
         let current = self.store.get(id)?;
-        let retain = self
-            .store
-            .entry(id)
-            .map(|e| e.retain_until_ms)
-            .unwrap_or_default();
+        let retain = self.store.retain_until(id);
         let slot = match &op {
             decide::Op::Consume(_) if current.max_uses == 0 => None,
             decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),
@@ -592,15 +589,19 @@ impl Replicator {
                 },
             )?,
         };
-        let entry = written
-            .changes
-            .iter()
-            .find(|(changed, _)| &**changed == id)
-            .map(|(_, entry)| entry.clone())
-            .or_else(|| self.store.entry(id))
-            .ok_or(StoreError::NotFound)?;
+        let record = if hand_back {
+            let changed = written
+                .changes
+                .iter()
+                .find(|(changed, _)| &**changed == id)
+                .map(|(_, entry)| to_record(id, entry));
+            let record = changed.or_else(|| self.store.entry(id).map(|e| to_record(id, &e)));
+            Some(record.ok_or(StoreError::NotFound)?)
+        } else {
+            None
+        };
         let view = self.replicate(written).await?;
-        Ok((view, entry))
+        Ok((view, record))
     }
 
     /// Gather votes for this node's proposal on (`id`, `slot`) from a majority of
@@ -742,9 +743,9 @@ impl Replicator {
                     });
                 }
                 debug!(ticket = %tag(&decide.id), from = %from, "deciding for a peer");
-                Body::Decided(match self.decide_here(&decide.id, op).await {
-                    Ok((view, entry)) => Decided {
-                        entry: Some(to_record(&decide.id, &entry)),
+                Body::Decided(match self.decide_here(&decide.id, op, true).await {
+                    Ok((view, record)) => Decided {
+                        entry: record,
                         ticket: Some(crate::api::ticket(view)),
                         code: 0,
                         message: String::new(),

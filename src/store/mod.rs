@@ -874,6 +874,15 @@ impl Store {
         self.lock(self.shard_index(id)).entries.contains_key(id)
     }
 
+    /// Until when this node keeps `id`'s record (0 when it holds none), without
+    /// copying the entry.
+    pub fn retain_until(&self, id: &str) -> Millis {
+        self.lock(self.shard_index(id))
+            .entries
+            .get(id)
+            .map_or(0, |entry| entry.retain_until_ms)
+    }
+
     /// The stored entry for `id`, as a peer would receive it.
     pub fn entry(&self, id: &str) -> Option<Entry> {
         self.lock(self.shard_index(id)).entries.get(id).cloned()

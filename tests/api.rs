@@ -561,6 +561,8 @@ async fn a_batch_answers_each_call_as_its_own_rpc_would_in_order() {
         other => panic!("{other:?}"),
     }
     assert_eq!(client.count().await.unwrap().total, 0);
+    let stats = client.stats().await.unwrap();
+    assert_eq!((stats.batches, stats.batched_calls), (2, 8));
     common::stop(node).await;
 }
 

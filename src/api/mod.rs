@@ -13,7 +13,7 @@ mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::join_all;
 use tessera_proto::v1::batch_call::Call;
@@ -68,12 +68,20 @@ pub struct NodeInfo {
 pub struct TicketApi {
     node: Arc<NodeInfo>,
     store: Arc<Store>,
+    /// `Batch` RPCs answered and the calls they carried.
+    batches: AtomicU64,
+    batched_calls: AtomicU64,
 }
 
 impl TicketApi {
     pub fn new(node: Arc<NodeInfo>) -> TicketApi {
         let store = node.replicator.store().clone();
-        TicketApi { node, store }
+        TicketApi {
+            node,
+            store,
+            batches: AtomicU64::new(0),
+            batched_calls: AtomicU64::new(0),
+        }
     }
 
     /// The replicator, for a call that may change or read tickets through
@@ -200,6 +208,9 @@ impl TicketStore for TicketApi {
                 calls.len()
             )));
         }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched_calls
+            .fetch_add(calls.len() as u64, Ordering::Relaxed);
         let outcomes = join_all(calls.into_iter().map(|c| self.batch_call(c.call))).await;
         Ok(Response::new(BatchResponse {
             outcomes: outcomes
@@ -344,7 +355,7 @@ impl TicketStore for TicketApi {
             .as_deref()
             .map(PeerNet::stats)
             .unwrap_or_default();
-        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Ok(Response::new(NodeStats {
             node_id: node.node_id.clone(),
             ready: node.ready.load(Ordering::Acquire),
@@ -363,6 +374,8 @@ impl TicketStore for TicketApi {
             decisions_forwarded: load(&replication.decisions_forwarded),
             clock_skew_reports: load(&replication.clock_skew_reports),
             bad_records: load(&replication.bad_records),
+            batches: load(&self.batches),
+            batched_calls: load(&self.batched_calls),
         }))
     }
 }

@@ -169,6 +169,8 @@ fn stats_fields(stats: &NodeStats) -> Vec<(String, serde_json::Value)> {
         ("clock_skew_reports", stats.clock_skew_reports),
         ("bad_records", stats.bad_records),
         ("clock_fences", stats.clock_fences),
+        ("batches", stats.batches),
+        ("batched_calls", stats.batched_calls),
     ];
     let mut fields = vec![
         ("node_id".to_owned(), stats.node_id.clone().into()),

@@ -30,13 +30,17 @@ use bytes::Bytes;
 use crdts::{CvRDT, LWWReg, VClock};
 
 use crate::clock::{Millis, Stamp};
+use crate::ticket::Kind;
 
 /// Fields fixed when an incarnation is created.
+///
+/// Strings are shared (`Arc<str>`), not owned: entries are cloned on every write
+/// (the copy replication sends), and a shared string is 8 B smaller in place.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Identity {
-    pub kind: String,
-    pub principal: Option<String>,
-    pub parent: Option<String>,
+    pub kind: Kind,
+    pub principal: Option<Arc<str>>,
+    pub parent: Option<Arc<str>>,
     pub created_at_ms: Millis,
     /// Effective hard deadline: created + ttl, capped at the parent's deadline.
     pub deadline_ms: Millis,

@@ -57,9 +57,9 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
         State::Deleted => entry_record::State::Deleted(Deleted {}),
         State::Live(inc) => entry_record::State::Live(LiveEntry {
             created: Some(stamp_to_wire(&inc.created)),
-            kind: inc.identity.kind.clone(),
-            principal: inc.identity.principal.clone(),
-            parent: inc.identity.parent.clone(),
+            kind: inc.identity.kind.to_string(),
+            principal: inc.identity.principal.as_deref().map(str::to_owned),
+            parent: inc.identity.parent.as_deref().map(str::to_owned),
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             max_uses: inc.identity.max_uses,
@@ -105,9 +105,9 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
             State::Live(Box::new(Incarnation {
                 created: stamp_from_wire(live.created, "created")?,
                 identity: Identity {
-                    kind: live.kind,
-                    principal: live.principal,
-                    parent: live.parent,
+                    kind: live.kind.into(),
+                    principal: live.principal.map(Into::into),
+                    parent: live.parent.map(Into::into),
                     created_at_ms: live.created_at_ms,
                     deadline_ms: live.deadline_ms,
                     max_uses: live.max_uses,

@@ -24,7 +24,7 @@
 //!    entries ([`merge_at`]) commutes with merging.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use crdts::{CvRDT, LWWReg, VClock};
@@ -51,9 +51,16 @@ pub struct Identity {
 /// The part of a ticket that `update` replaces.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Payload {
-    pub bytes: Bytes,
+    /// One allocation of its own ([`owned_bytes`]), shared by the entry's clones.
+    /// Not `Bytes`: the first clone of a stored `Bytes` (every write clones the
+    /// entry it pushes to peers) allocates a shared header beside the data, a
+    /// 32 B malloc chunk per ticket, and `Bytes` is 16 B larger in place.
+    pub bytes: Arc<[u8]>,
     pub idle_ms: Option<Millis>,
 }
+
+/// The empty payload, shared: an empty `Arc<[u8]>` still allocates its counts.
+static EMPTY: LazyLock<Arc<[u8]>> = LazyLock::new(|| Arc::from(&[][..]));
 
 /// A payload in an allocation of its own.
 ///
@@ -61,11 +68,21 @@ pub struct Payload {
 /// connection's receive buffer (prost decodes `bytes` fields zero-copy), so a
 /// stored 1 KB payload would otherwise keep that whole buffer alive (seen: ~6 KB
 /// of resident memory per 1 KB ticket). Entries outlive requests: copy on entry.
-pub fn owned_bytes(bytes: Bytes) -> Bytes {
+pub fn owned_bytes(bytes: &[u8]) -> Arc<[u8]> {
+    if bytes.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::from(bytes)
+    }
+}
+
+/// A stored payload as `Bytes` (for a response or a peer record), without
+/// copying it: the `Bytes` holds a reference to the stored allocation.
+pub fn shared_bytes(bytes: &Arc<[u8]>) -> Bytes {
     if bytes.is_empty() {
         Bytes::new()
     } else {
-        Bytes::copy_from_slice(&bytes)
+        Bytes::from_owner(Arc::clone(bytes))
     }
 }
 
@@ -288,11 +305,16 @@ mod tests {
     fn owned_bytes_does_not_pin_the_buffer_it_came_from() {
         let buffer = Bytes::from(vec![7u8; 64 * 1024]);
         let slice = buffer.slice(1000..2024);
-        let owned = owned_bytes(slice.clone());
-        assert_eq!(owned, slice);
+        let owned = owned_bytes(&slice);
+        assert_eq!(&owned[..], &slice[..]);
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
         assert!(!range.contains(&(owned.as_ptr() as usize)));
-        assert!(owned_bytes(Bytes::new()).is_empty());
+        assert!(owned_bytes(&[]).is_empty());
+        // A view shares the stored allocation rather than copying it.
+        let view = shared_bytes(&owned);
+        assert_eq!(view.as_ptr(), owned.as_ptr());
+        assert_eq!(view, slice);
+        assert!(shared_bytes(&owned_bytes(&[])).is_empty());
     }
 
     fn stamp(wall_ms: Millis, logical: u32, node: usize) -> Stamp {
@@ -306,7 +328,9 @@ mod tests {
     /// the real system where every stamp is unique.
     fn payload_for(stamp: &Stamp, idle_ms: Option<Millis>) -> Payload {
         Payload {
-            bytes: Bytes::from(format!("{}:{}", stamp.to_version(), idle_ms.unwrap_or(0))),
+            bytes: owned_bytes(
+                format!("{}:{}", stamp.to_version(), idle_ms.unwrap_or(0)).as_bytes(),
+            ),
             idle_ms,
         }
     }
@@ -450,7 +474,7 @@ mod tests {
             created.clone(),
             identity,
             Payload {
-                bytes: Bytes::from_static(b"x"),
+                bytes: owned_bytes(b"x"),
                 idle_ms: Some(300),
             },
             1_000,

@@ -9,7 +9,9 @@ use tessera_proto::peer::{
 };
 
 use crate::clock::{Hlc, Stamp};
-use crate::entry::{Entry, Identity, Incarnation, MaxReg, Payload, State};
+use crate::entry::{
+    Entry, Identity, Incarnation, MaxReg, Payload, State, owned_bytes, shared_bytes,
+};
 use crate::ticket;
 
 /// Why a record from a peer was refused.
@@ -63,7 +65,7 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             max_uses: inc.identity.max_uses,
-            payload: inc.payload.val.bytes.clone(),
+            payload: shared_bytes(&inc.payload.val.bytes),
             idle_ms: inc.payload.val.idle_ms,
             payload_stamp: Some(stamp_to_wire(&inc.payload.marker)),
             last_used_ms: inc.last_used.0,
@@ -114,7 +116,7 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
                 },
                 payload: LWWReg {
                     val: Payload {
-                        bytes: live.payload,
+                        bytes: owned_bytes(&live.payload),
                         idle_ms: live.idle_ms,
                     },
                     marker: stamp_from_wire(live.payload_stamp, "payload")?,

@@ -111,7 +111,7 @@ mod tests {
             max_uses: 0,
         };
         let payload = Payload {
-            bytes: bytes::Bytes::from_static(b"payload"),
+            bytes: crate::entry::owned_bytes(b"payload"),
             idle_ms: Some(5_000),
         };
         let live = Entry::create(stamp, identity, payload, 1_000);

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::clock::{HlcClock, Millis};
-use crate::entry::{Entry, Identity, Liveness, Payload, State, merge_at, owned_bytes};
+use crate::entry::{Entry, Identity, Liveness, Payload, merge_at, owned_bytes};
 use crate::error::StoreError;
 use crate::redact::tag;
 use crate::ticket::{self, Limits, MAX_PARENT_DEPTH, TicketView};
@@ -475,7 +475,7 @@ impl Store {
                 max_uses: put.max_uses,
             };
             let payload = Payload {
-                bytes: owned_bytes(put.payload),
+                bytes: owned_bytes(&put.payload),
                 idle_ms: put.idle_ms,
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
@@ -569,7 +569,7 @@ impl Store {
             }
             let mut payload = inc.payload.val.clone();
             if let Some(bytes) = &update.payload {
-                payload.bytes = owned_bytes(bytes.clone());
+                payload.bytes = owned_bytes(bytes);
             }
             if let Some(idle) = update.idle_ms {
                 payload.idle_ms = if idle == 0 {
@@ -738,12 +738,9 @@ impl Store {
     }
 
     /// Merge an entry received from a peer (or anti-entropy). Returns what
-    /// changed here, cascades included.
-    pub fn apply(&self, id: &str, mut incoming: Entry) -> Vec<Change> {
-        if let State::Live(inc) = &mut incoming.state {
-            let bytes = std::mem::take(&mut inc.payload.val.bytes);
-            inc.payload.val.bytes = owned_bytes(bytes);
-        }
+    /// changed here, cascades included. Its payload is already an allocation of
+    /// its own: decoding a peer record copies it out of the frame.
+    pub fn apply(&self, id: &str, incoming: Entry) -> Vec<Change> {
         let now = self.now();
         let id: Arc<str> = id.into();
         let own = self.shard_index(&id);

@@ -71,9 +71,8 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
             last_used_ms: inc.last_used.0,
             uses: inc
                 .uses
-                .dots
                 .iter()
-                .map(|(node, n)| (node.to_string(), *n))
+                .map(|(node, n)| (node.to_string(), n))
                 .collect(),
         }),
     };
@@ -104,6 +103,7 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
             for (node, n) in live.uses {
                 uses.dots.insert(Arc::<str>::from(node), n);
             }
+            let uses = uses.into();
             State::Live(Box::new(Incarnation {
                 created: stamp_from_wire(live.created, "created")?,
                 identity: Identity {

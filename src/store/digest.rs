@@ -55,7 +55,7 @@ fn encode_fields(id: &str, entry: &Entry, field: &mut dyn FnMut(&[u8])) {
                 field(stamp.node.as_bytes());
             }
             field(&inc.last_used.0.to_le_bytes());
-            for (node, uses) in &inc.uses.dots {
+            for (node, uses) in inc.uses.iter() {
                 field(node.as_bytes());
                 field(&uses.to_le_bytes());
             }

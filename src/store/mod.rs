@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use crdts::CmRDT;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -537,9 +536,7 @@ impl Store {
 
     fn record_use(&self, id: &str) -> Result<Written<TicketView>, StoreError> {
         self.modify_live(id, |store, inc, now| {
-            let node = store.hlc.node().clone();
-            let dot = inc.uses.inc(node);
-            inc.uses.apply(dot);
+            inc.uses.record(store.hlc.node().clone());
             inc.last_used.0 = inc.last_used.0.max(now);
             Ok(())
         })

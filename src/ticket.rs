@@ -318,6 +318,22 @@ mod tests {
         assert!(validate_kind("2FA").is_err());
     }
 
+    /// Nodes compare identities (so kinds) to merge deterministically: a kind
+    /// must order and compare as its text, stored as a table index or not.
+    #[test]
+    fn kinds_compare_as_their_text() {
+        let kinds = ["AT", "OC", "OTHER", "PGT", "PGTIOU", "ST", "TGT", "ZZ"];
+        for a in kinds {
+            assert_eq!(Kind::from(a).as_str(), a);
+            assert_eq!(Kind::from(a), Kind::from(a.to_owned()));
+            for b in kinds {
+                assert_eq!(Kind::from(a).cmp(&Kind::from(b)), a.cmp(b), "{a} {b}");
+            }
+        }
+        assert!(matches!(Kind::from("TGT"), Kind::WellKnown(_)));
+        assert!(matches!(Kind::from("OTHER"), Kind::Other(_)));
+    }
+
     #[test]
     fn limits_name_field_and_limit() {
         let limits = Limits {

@@ -3,12 +3,13 @@
 //! Validation happens before the store is touched, so bad input never causes a
 //! partial write; every message names the field and the limit.
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::clock::Millis;
-use crate::entry::Incarnation;
+use crate::entry::{Incarnation, shared_bytes};
 use crate::error::StoreError;
 
 /// Longest ticket id, in bytes.
@@ -19,6 +20,106 @@ pub const MAX_PRINCIPAL_BYTES: usize = 256;
 pub const MAX_KIND_BYTES: usize = 32;
 /// Deepest parent chain (TGT -> PGT -> PT is 3 deep).
 pub const MAX_PARENT_DEPTH: usize = 16;
+
+/// Kinds CAS issues all day: stored as an index into this table, so a ticket of
+/// one of them carries no allocation of its own for its kind.
+const WELL_KNOWN_KINDS: [&str; 12] = [
+    "TGT", "ST", "PT", "PGT", "PGTIOU", "TST", "OC", "AT", "RT", "DC", "DUC", "OTP",
+];
+
+/// A ticket's kind (`TGT`, `ST`...). Compares, orders and hashes as its text, so
+/// nodes agree on it whatever the representation: a well-known kind is a table
+/// index (no heap allocation; a 32 B malloc chunk per ticket before), any other
+/// valid kind its own allocation.
+#[derive(Clone)]
+pub enum Kind {
+    WellKnown(u8),
+    Other(Box<str>),
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Kind::WellKnown(index) => WELL_KNOWN_KINDS[usize::from(*index)],
+            Kind::Other(kind) => kind,
+        }
+    }
+}
+
+impl From<&str> for Kind {
+    fn from(kind: &str) -> Kind {
+        match WELL_KNOWN_KINDS.iter().position(|known| *known == kind) {
+            Some(index) => Kind::WellKnown(index as u8),
+            None => Kind::Other(kind.into()),
+        }
+    }
+}
+
+impl From<String> for Kind {
+    fn from(kind: String) -> Kind {
+        match WELL_KNOWN_KINDS.iter().position(|known| *known == kind) {
+            Some(index) => Kind::WellKnown(index as u8),
+            None => Kind::Other(kind.into_boxed_str()),
+        }
+    }
+}
+
+impl std::ops::Deref for Kind {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Kind {
+    fn eq(&self, other: &Kind) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Kind {}
+
+impl PartialEq<str> for Kind {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Kind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialOrd for Kind {
+    fn partial_cmp(&self, other: &Kind) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Kind {
+    fn cmp(&self, other: &Kind) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Kind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Limits a node enforces on client input (from its configuration).
 #[derive(Clone, Debug)]
@@ -57,10 +158,10 @@ impl TicketView {
     pub fn of(id: &str, inc: &Incarnation) -> TicketView {
         TicketView {
             id: id.to_owned(),
-            kind: inc.identity.kind.clone(),
-            principal: inc.identity.principal.clone(),
-            parent: inc.identity.parent.clone(),
-            payload: inc.payload.val.bytes.clone(),
+            kind: inc.identity.kind.to_string(),
+            principal: inc.identity.principal.as_deref().map(str::to_owned),
+            parent: inc.identity.parent.as_deref().map(str::to_owned),
+            payload: shared_bytes(&inc.payload.val.bytes),
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             idle_ms: inc.payload.val.idle_ms,
@@ -134,7 +235,7 @@ pub fn validate_principal(principal: &str) -> Result<(), StoreError> {
 }
 
 /// The kind a put gets when none is given: the id's prefix before the first `-`.
-pub fn default_kind(id: &str) -> Result<String, StoreError> {
+pub fn default_kind(id: &str) -> Result<Kind, StoreError> {
     let prefix = id.split('-').next().unwrap_or_default();
     validate_kind(prefix).map_err(|_| {
         StoreError::invalid(
@@ -142,7 +243,7 @@ pub fn default_kind(id: &str) -> Result<String, StoreError> {
             "not given, and the id's prefix before the first '-' is not an upper-case word",
         )
     })?;
-    Ok(prefix.to_owned())
+    Ok(Kind::from(prefix))
 }
 
 impl Limits {
@@ -215,6 +316,22 @@ mod tests {
         assert!(default_kind("-1").is_err());
         assert!(validate_kind("OC_2").is_ok());
         assert!(validate_kind("2FA").is_err());
+    }
+
+    /// Nodes compare identities (so kinds) to merge deterministically: a kind
+    /// must order and compare as its text, stored as a table index or not.
+    #[test]
+    fn kinds_compare_as_their_text() {
+        let kinds = ["AT", "OC", "OTHER", "PGT", "PGTIOU", "ST", "TGT", "ZZ"];
+        for a in kinds {
+            assert_eq!(Kind::from(a).as_str(), a);
+            assert_eq!(Kind::from(a), Kind::from(a.to_owned()));
+            for b in kinds {
+                assert_eq!(Kind::from(a).cmp(&Kind::from(b)), a.cmp(b), "{a} {b}");
+            }
+        }
+        assert!(matches!(Kind::from("TGT"), Kind::WellKnown(_)));
+        assert!(matches!(Kind::from("OTHER"), Kind::Other(_)));
     }
 
     #[test]

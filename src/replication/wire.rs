@@ -9,7 +9,9 @@ use tessera_proto::peer::{
 };
 
 use crate::clock::{Hlc, Stamp};
-use crate::entry::{Entry, Identity, Incarnation, MaxReg, Payload, State};
+use crate::entry::{
+    Entry, Identity, Incarnation, MaxReg, Payload, State, owned_bytes, shared_bytes,
+};
 use crate::ticket;
 
 /// Why a record from a peer was refused.
@@ -57,21 +59,20 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
         State::Deleted => entry_record::State::Deleted(Deleted {}),
         State::Live(inc) => entry_record::State::Live(LiveEntry {
             created: Some(stamp_to_wire(&inc.created)),
-            kind: inc.identity.kind.clone(),
-            principal: inc.identity.principal.clone(),
-            parent: inc.identity.parent.clone(),
+            kind: inc.identity.kind.to_string(),
+            principal: inc.identity.principal.as_deref().map(str::to_owned),
+            parent: inc.identity.parent.as_deref().map(str::to_owned),
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             max_uses: inc.identity.max_uses,
-            payload: inc.payload.val.bytes.clone(),
+            payload: shared_bytes(&inc.payload.val.bytes),
             idle_ms: inc.payload.val.idle_ms,
             payload_stamp: Some(stamp_to_wire(&inc.payload.marker)),
             last_used_ms: inc.last_used.0,
             uses: inc
                 .uses
-                .dots
                 .iter()
-                .map(|(node, n)| (node.to_string(), *n))
+                .map(|(node, n)| (node.to_string(), n))
                 .collect(),
         }),
     };
@@ -102,19 +103,20 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
             for (node, n) in live.uses {
                 uses.dots.insert(Arc::<str>::from(node), n);
             }
+            let uses = uses.into();
             State::Live(Box::new(Incarnation {
                 created: stamp_from_wire(live.created, "created")?,
                 identity: Identity {
-                    kind: live.kind,
-                    principal: live.principal,
-                    parent: live.parent,
+                    kind: live.kind.into(),
+                    principal: live.principal.map(Into::into),
+                    parent: live.parent.map(Into::into),
                     created_at_ms: live.created_at_ms,
                     deadline_ms: live.deadline_ms,
                     max_uses: live.max_uses,
                 },
                 payload: LWWReg {
                     val: Payload {
-                        bytes: live.payload,
+                        bytes: owned_bytes(&live.payload),
                         idle_ms: live.idle_ms,
                     },
                     marker: stamp_from_wire(live.payload_stamp, "payload")?,

@@ -55,7 +55,7 @@ fn encode_fields(id: &str, entry: &Entry, field: &mut dyn FnMut(&[u8])) {
                 field(stamp.node.as_bytes());
             }
             field(&inc.last_used.0.to_le_bytes());
-            for (node, uses) in &inc.uses.dots {
+            for (node, uses) in inc.uses.iter() {
                 field(node.as_bytes());
                 field(&uses.to_le_bytes());
             }
@@ -111,7 +111,7 @@ mod tests {
             max_uses: 0,
         };
         let payload = Payload {
-            bytes: bytes::Bytes::from_static(b"payload"),
+            bytes: crate::entry::owned_bytes(b"payload"),
             idle_ms: Some(5_000),
         };
         let live = Entry::create(stamp, identity, payload, 1_000);

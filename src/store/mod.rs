@@ -19,12 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use crdts::CmRDT;
 use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::clock::{HlcClock, Millis};
-use crate::entry::{Entry, Identity, Liveness, Payload, State, merge_at, owned_bytes};
+use crate::entry::{Entry, Identity, Liveness, Payload, merge_at, owned_bytes};
 use crate::error::StoreError;
 use crate::redact::tag;
 use crate::ticket::{self, Limits, MAX_PARENT_DEPTH, TicketView};
@@ -226,11 +225,11 @@ impl Store {
     /// True unless some ancestor this node holds is dead. An ancestor it does not
     /// hold is either forgotten (then the child's own deadline has passed too) or
     /// not replicated here yet.
-    fn ancestors_live(&self, mut parent: Option<String>, now: Millis) -> bool {
+    fn ancestors_live(&self, mut parent: Option<Arc<str>>, now: Millis) -> bool {
         for _ in 0..MAX_PARENT_DEPTH {
             let Some(id) = parent else { return true };
             let shard = self.lock(self.shard_index(&id));
-            match shard.entries.get(id.as_str()) {
+            match shard.entries.get(&id) {
                 None => return true,
                 Some(entry) => match entry.live() {
                     Some(inc) if entry.liveness(now) == Liveness::Live => {
@@ -245,7 +244,7 @@ impl Store {
 
     fn require_ancestors_live(
         &self,
-        parent: Option<String>,
+        parent: Option<Arc<str>>,
         now: Millis,
     ) -> Result<(), StoreError> {
         if self.ancestors_live(parent, now) {
@@ -347,7 +346,10 @@ impl Store {
                 scanned += 1;
                 if let Some(entry) = shard.entries.get(id)
                     && let Ok(inc) = live_at(entry, now)
-                    && filter.kind.as_ref().is_none_or(|k| *k == inc.identity.kind)
+                    && filter
+                        .kind
+                        .as_ref()
+                        .is_none_or(|k| inc.identity.kind == **k)
                 {
                     found.push((TicketView::of(id, inc), inc.identity.parent.clone()));
                 }
@@ -388,7 +390,7 @@ impl Store {
         let kind = match put.kind {
             Some(kind) => {
                 ticket::validate_kind(&kind)?;
-                kind
+                kind.into()
             }
             None => ticket::default_kind(&put.id)?,
         };
@@ -444,32 +446,35 @@ impl Store {
                 }
             }
             let mut deadline_ms = now.saturating_add(put.ttl_ms);
+            // The child names its parent with the parent's own id allocation (the
+            // map key), not a copy: one id allocation fewer per child ticket.
+            let mut parent_id: Option<Arc<str>> = None;
             if let Some(parent) = &put.parent {
-                let parent_entry = parent_shard
+                let (key, parent_inc) = parent_shard
                     .as_deref()
                     .unwrap_or(&*shard)
                     .entries
-                    .get(parent.as_str());
-                let parent_inc = parent_entry
-                    .filter(|e| e.liveness(now) == Liveness::Live)
-                    .and_then(Entry::live)
+                    .get_key_value(parent.as_str())
+                    .filter(|(_, e)| e.liveness(now) == Liveness::Live)
+                    .and_then(|(key, e)| Some((key, e.live()?)))
                     .ok_or_else(|| {
                         StoreError::FailedPrecondition(
                             "parent ticket is missing, expired, used up or deleted".into(),
                         )
                     })?;
                 deadline_ms = deadline_ms.min(parent_inc.identity.deadline_ms);
+                parent_id = Some(key.clone());
             }
             let identity = Identity {
                 kind,
-                principal: put.principal,
-                parent: put.parent,
+                principal: put.principal.map(Into::into),
+                parent: parent_id,
                 created_at_ms: now,
                 deadline_ms,
                 max_uses: put.max_uses,
             };
             let payload = Payload {
-                bytes: owned_bytes(put.payload),
+                bytes: owned_bytes(&put.payload),
                 idle_ms: put.idle_ms,
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
@@ -489,17 +494,17 @@ impl Store {
 
     /// Refuse parent chains that are dead, too deep, or that loop back to `id`.
     fn check_parent_chain(&self, id: &str, parent: &str, now: Millis) -> Result<(), StoreError> {
-        let mut next = Some(parent.to_owned());
+        let mut next: Option<Arc<str>> = Some(parent.into());
         for _ in 0..MAX_PARENT_DEPTH {
             let Some(current) = next else { return Ok(()) };
-            if current == id {
+            if *current == *id {
                 return Err(StoreError::invalid(
                     "parent",
                     "the ticket would become its own ancestor",
                 ));
             }
             let shard = self.lock(self.shard_index(&current));
-            next = match shard.entries.get(current.as_str()) {
+            next = match shard.entries.get(&current) {
                 Some(entry) if entry.liveness(now) == Liveness::Live => {
                     entry.live().and_then(|inc| inc.identity.parent.clone())
                 }
@@ -531,9 +536,7 @@ impl Store {
 
     fn record_use(&self, id: &str) -> Result<Written<TicketView>, StoreError> {
         self.modify_live(id, |store, inc, now| {
-            let node = store.hlc.node().clone();
-            let dot = inc.uses.inc(node);
-            inc.uses.apply(dot);
+            inc.uses.record(store.hlc.node().clone());
             inc.last_used.0 = inc.last_used.0.max(now);
             Ok(())
         })
@@ -563,7 +566,7 @@ impl Store {
             }
             let mut payload = inc.payload.val.clone();
             if let Some(bytes) = &update.payload {
-                payload.bytes = owned_bytes(bytes.clone());
+                payload.bytes = owned_bytes(bytes);
             }
             if let Some(idle) = update.idle_ms {
                 payload.idle_ms = if idle == 0 {
@@ -732,12 +735,9 @@ impl Store {
     }
 
     /// Merge an entry received from a peer (or anti-entropy). Returns what
-    /// changed here, cascades included.
-    pub fn apply(&self, id: &str, mut incoming: Entry) -> Vec<Change> {
-        if let State::Live(inc) = &mut incoming.state {
-            let bytes = std::mem::take(&mut inc.payload.val.bytes);
-            inc.payload.val.bytes = owned_bytes(bytes);
-        }
+    /// changed here, cascades included. Its payload is already an allocation of
+    /// its own: decoding a peer record copies it out of the frame.
+    pub fn apply(&self, id: &str, incoming: Entry) -> Vec<Change> {
         let now = self.now();
         let id: Arc<str> = id.into();
         let own = self.shard_index(&id);
@@ -794,7 +794,7 @@ impl Store {
             };
             holder
                 .children
-                .entry(parent.as_str().into())
+                .entry(parent)
                 .or_default()
                 .insert(id.clone());
         }
@@ -1008,10 +1008,10 @@ impl Store {
         self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         for (parent, child) in forgotten_children {
             let mut shard = self.lock(self.shard_index(&parent));
-            if let Some(children) = shard.children.get_mut(parent.as_str()) {
+            if let Some(children) = shard.children.get_mut(&parent) {
                 children.remove(&child);
                 if children.is_empty() {
-                    shard.children.remove(parent.as_str());
+                    shard.children.remove(&parent);
                 }
             }
         }

@@ -100,7 +100,7 @@ impl IndexKeys {
             State::Live(inc) => IndexKeys {
                 due_ms,
                 counted: Some((
-                    inc.identity.kind.clone(),
+                    inc.identity.kind.to_string(),
                     inc.identity.principal.as_deref().map(str::to_lowercase),
                 )),
             },

@@ -221,19 +221,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let markdown = markdown(&figures, &spec, args.rounds);
-    let title = match rate {
-        Some(r) => format!(
-            "{} workload, {} clients, fixed rate {} ops/s",
-            spec.workload.name(),
-            spec.clients,
-            thousands(r)
-        ),
-        None => format!(
-            "{} workload, {} clients, as fast as possible",
-            spec.workload.name(),
-            spec.clients
-        ),
+    let pace = match rate {
+        Some(r) => format!("fixed rate {} ops/s", thousands(r)),
+        None => "as fast as possible".to_owned(),
     };
+    let redis_conns = match sharing.redis {
+        0 => "a Redis connection per client".to_owned(),
+        n => format!("{n} shared Redis connection(s)"),
+    };
+    let title = format!(
+        "{} workload, {} clients, {pace}; {} tessera-client(s), {redis_conns}",
+        spec.workload.name(),
+        spec.clients,
+        sharing.tessera,
+    );
     let errors: u64 = figures
         .iter()
         .map(|f| f.median.get("all").map_or(0, |s| s.errors))

@@ -36,7 +36,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ecs::Client;
-use aws_sdk_ecs::error::DisplayErrorContext;
+use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{DesiredStatus, Task};
 use tracing::{debug, info};
 
@@ -98,8 +98,22 @@ fn error(reason: impl Into<String>) -> DiscoveryError {
 
 /// An SDK error with its whole cause chain (the error code, e.g.
 /// ThrottlingException or AccessDeniedException, and its message).
-fn sdk_error(call: &str, err: impl std::error::Error) -> DiscoveryError {
-    error(format!("{call}: {}", DisplayErrorContext(err)))
+fn sdk_error<E, R>(call: &str, err: SdkError<E, R>) -> DiscoveryError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.as_service_error() {
+        // Code and message only: the whole error also prints the raw response,
+        // whose Date header made every repetition of one error look new (so it
+        // was logged again each time).
+        Some(service) => error(format!(
+            "{call}: {}: {}",
+            service.code().unwrap_or("unknown error"),
+            service.message().unwrap_or("no message")
+        )),
+        None => error(format!("{call}: {}", DisplayErrorContext(err))),
+    }
 }
 
 impl EcsDiscovery {

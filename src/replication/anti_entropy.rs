@@ -74,12 +74,7 @@ impl Replicator {
             .map(|bucket| {
                 let network = network.clone();
                 async move {
-                    let entries: Vec<_> = self
-                        .store()
-                        .bucket_entries(bucket)
-                        .iter()
-                        .map(|(id, entry)| to_record(id, entry))
-                        .collect();
+                    let entries = self.store().bucket_entries(bucket, to_record);
                     let sent = entries.len();
                     let reply = network
                         .call(

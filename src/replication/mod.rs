@@ -484,21 +484,21 @@ impl Replicator {
         }
     }
 
-    /// Merge records received from a peer; returns how many were valid.
+    /// Merge records received from a peer, in one bulk merge; returns how many
+    /// were valid (a bad record is dropped, the others are merged).
     fn apply_records(&self, records: Vec<tessera_proto::peer::EntryRecord>) -> usize {
-        let mut applied = 0;
+        let mut valid = Vec::with_capacity(records.len());
         for record in records {
             match from_record(record) {
-                Ok((id, entry)) => {
-                    self.store.apply(&id, entry);
-                    applied += 1;
-                }
+                Ok((id, entry)) => valid.push((Arc::<str>::from(id), entry)),
                 Err(e) => {
                     self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "dropped a bad record from a peer");
                 }
             }
         }
+        let applied = valid.len();
+        self.store.apply_many(valid);
         applied
     }
 
@@ -771,8 +771,7 @@ impl Replicator {
                     .iter()
                     .filter(|b| (**b as usize) < crate::store::digest::BUCKETS)
                     .take(16)
-                    .flat_map(|b| self.store.bucket_entries(*b as usize))
-                    .map(|(id, entry)| to_record(&id, &entry))
+                    .flat_map(|b| self.store.bucket_entries(*b as usize, to_record))
                     .collect();
                 Body::Entries(Entries {
                     entries,

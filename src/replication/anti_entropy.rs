@@ -160,7 +160,8 @@ impl Worker for AntiEntropy {
     }
 
     async fn work(&mut self) -> WorkerState {
-        let peers = self.replicator.peers();
+        let caught_up = self.synced.load(Ordering::Acquire);
+        let peers = self.replicator.anti_entropy_peers(caught_up);
         if peers.is_empty() {
             return WorkerState::Idle;
         }

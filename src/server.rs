@@ -582,6 +582,11 @@ async fn follow_membership(
                 .filter(|m| known.contains_key(&m.node_id))
                 .map(|m| (m.node_id.clone(), m.draining)),
         );
+        replicator.set_not_ready(
+            live.iter()
+                .filter(|m| !m.ready && !m.draining)
+                .map(|m| m.node_id.clone()),
+        );
         if changes.changed().await.is_err() {
             return;
         }

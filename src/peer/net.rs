@@ -779,11 +779,12 @@ impl Inner {
                 Err(e) if e.is_rejection() => return self.frame_rejected(conn, &e),
                 Err(e) => return format!("read failed: {e}"),
             };
-            let frame = match PeerFrame::decode(bytes.as_slice()) {
+            // Decoded from `Bytes`, payloads are slices of the frame, not
+            // copies; the store copies each payload it keeps (`owned_bytes`).
+            let frame = match PeerFrame::decode(bytes::Bytes::from(bytes)) {
                 Ok(frame) => frame,
                 Err(e) => return self.frame_rejected(conn, &format!("undecodable frame: {e}")),
             };
-            drop(bytes);
             if *conn.phase.borrow() == Phase::Closed {
                 // Closed (blocked, removed) while the frame was arriving.
                 return "closed by this node".into();

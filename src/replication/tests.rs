@@ -487,3 +487,18 @@ async fn a_fenced_node_refuses_to_decide_for_peers() {
         decided.message
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn caught_up_nodes_leave_peers_that_are_catching_up_to_their_own_rounds() {
+    let node = node_seeing(&["b", "c", "d"]);
+    node.set_not_ready(["c".into()]);
+    let ids = |peers: Vec<NodeId>| peers.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(node.anti_entropy_peers(true)), ["b", "d"]);
+    assert_eq!(
+        ids(node.anti_entropy_peers(false)),
+        ["b", "c", "d"],
+        "a node still catching up syncs with anyone"
+    );
+    node.set_not_ready([]);
+    assert_eq!(ids(node.anti_entropy_peers(true)), ["b", "c", "d"]);
+}

@@ -478,8 +478,10 @@ impl Store {
                 idle_ms: put.idle_ms,
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
-            let stored = self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes);
-            stored
+            self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes, Record::Every);
+            shard
+                .entries
+                .get(&id)
                 .and_then(|e| e.live().map(|inc| TicketView::of(&id, inc)))
                 .ok_or(StoreError::FailedPrecondition(
                     "parent ticket was deleted".into(),
@@ -609,7 +611,15 @@ impl Store {
                 .ok_or(StoreError::NotFound)?;
             change(self, inc, now)?;
             let view = TicketView::of(&id, inc);
-            self.apply_locked(&mut shard, None, &id, copy, now, &mut changes);
+            self.apply_locked(
+                &mut shard,
+                None,
+                &id,
+                copy,
+                now,
+                &mut changes,
+                Record::Every,
+            );
             view
         };
         self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
@@ -730,7 +740,15 @@ impl Store {
             return false;
         }
         let was_live = entry.liveness(now) == Liveness::Live;
-        self.apply_locked(&mut shard, None, id, Entry::tombstone(0), now, changes);
+        self.apply_locked(
+            &mut shard,
+            None,
+            id,
+            Entry::tombstone(0),
+            now,
+            changes,
+            Record::Every,
+        );
         was_live
     }
 
@@ -747,15 +765,80 @@ impl Store {
             .map(|p| self.shard_index(p));
         let mut changes = Vec::new();
         self.with_pair(own, parent_index, |shard, parent_shard| {
-            self.apply_locked(shard, parent_shard, &id, incoming, now, &mut changes);
+            self.apply_locked(
+                shard,
+                parent_shard,
+                &id,
+                incoming,
+                now,
+                &mut changes,
+                Record::Every,
+            );
         });
         self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         changes
     }
 
+    /// Merge entries received from a peer (a push, a bucket of anti-entropy),
+    /// in their order, with the same result as [`Store::apply`] on each in
+    /// turn. Consecutive entries stored in one shard, whose parents (if any)
+    /// are stored there too, share one lock, at most [`PAGE`] of them so that
+    /// readers of the shard are not held up; the same locked merge runs for
+    /// each, and the group's tombstones cascade once the lock is released (a
+    /// cascade only adds tombstones, so the store ends the same as when each
+    /// cascade runs at once). An entry whose parent is in another shard takes
+    /// both locks, alone, as `apply` does. Nothing is returned: unlike local
+    /// writes, merged entries are not pushed on.
+    pub fn apply_many(&self, entries: impl IntoIterator<Item = (Arc<str>, Entry)>) {
+        let mut entries = entries.into_iter().peekable();
+        let mut tombstones = Vec::new();
+        while let Some((id, incoming)) = entries.next() {
+            let Some(own) = self.single_shard(&id, &incoming) else {
+                self.apply(&id, incoming);
+                continue;
+            };
+            let now = self.now();
+            {
+                let mut shard = self.lock(own);
+                let mut next = Some((id, incoming));
+                let mut taken = 0;
+                while let Some((id, incoming)) = next.take() {
+                    self.apply_locked(
+                        &mut shard,
+                        None,
+                        &id,
+                        incoming,
+                        now,
+                        &mut tombstones,
+                        Record::Tombstones,
+                    );
+                    taken += 1;
+                    if taken < PAGE {
+                        next = entries
+                            .next_if(|(id, entry)| self.single_shard(id, entry) == Some(own));
+                    }
+                }
+            }
+            self.cascade(&mut tombstones, &mut 0, &mut HashSet::new(), now);
+            tombstones.clear();
+        }
+    }
+
+    /// The shard an incoming entry needs locked, when that is one shard only
+    /// (it has no parent, or its parent is stored in the same shard).
+    fn single_shard(&self, id: &str, entry: &Entry) -> Option<usize> {
+        let own = self.shard_index(id);
+        let parent = entry
+            .live()
+            .and_then(|inc| inc.identity.parent.as_deref())
+            .map(|p| self.shard_index(p));
+        parent.is_none_or(|p| p == own).then_some(own)
+    }
+
     /// The merge path, under the entry's shard lock (and its parent's shard lock
     /// when `parent_shard` is given, or when the parent shares the shard).
-    /// Records the change and returns what is stored now.
+    /// Records the change in `changes` as `record` says.
+    #[allow(clippy::too_many_arguments)]
     fn apply_locked(
         &self,
         shard: &mut Shard,
@@ -764,7 +847,8 @@ impl Store {
         incoming: Entry,
         now: Millis,
         changes: &mut Vec<Change>,
-    ) -> Option<Entry> {
+        record: Record,
+    ) {
         let before = shard.entries.get(id);
         let mut merged = merge_at(before.cloned(), incoming, now);
         let mut parent_key = None;
@@ -784,7 +868,7 @@ impl Store {
             }
         }
         if merged.as_ref() == before {
-            return merged;
+            return;
         }
         // A child is indexed under its parent so a later delete of the parent finds it.
         if let Some(parent) = parent_key {
@@ -798,14 +882,15 @@ impl Store {
                 .or_default()
                 .insert(id.clone());
         }
-        let due = shard.replace(id, merged.clone(), self.config.skew_budget_ms);
+        if let Some(entry) = &merged
+            && (record == Record::Every || entry.is_deleted())
+        {
+            changes.push((id.clone(), entry.clone()));
+        }
+        let due = shard.replace(id, merged, self.config.skew_budget_ms);
         if let Some(due) = due {
             self.wake_sweeper_for(due);
         }
-        if let Some(entry) = &merged {
-            changes.push((id.clone(), entry.clone()));
-        }
-        merged
     }
 
     /// Tombstone every child of every tombstone in `changes`, recursively
@@ -902,14 +987,16 @@ impl Store {
         digests
     }
 
-    /// Every entry of one bucket (a shard lock held for one scan of that shard).
-    pub fn bucket_entries(&self, bucket: usize) -> Vec<Change> {
+    /// Every entry of one bucket, as `f` maps it (a shard lock held for one
+    /// scan of that shard: mapping straight to what is sent saves a copy of
+    /// every entry).
+    pub fn bucket_entries<T>(&self, bucket: usize, mut f: impl FnMut(&str, &Entry) -> T) -> Vec<T> {
         let shard = self.lock(self.shard_of_bucket(bucket));
         shard
             .entries
             .iter()
             .filter(|(id, _)| digest::bucket_of(id) == bucket)
-            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .map(|(id, entry)| f(id, entry))
             .collect()
     }
 
@@ -1000,6 +1087,7 @@ impl Store {
                         Entry::tombstone(0),
                         now,
                         &mut changes,
+                        Record::Every,
                     );
                 }
             }
@@ -1017,6 +1105,15 @@ impl Store {
         }
         report
     }
+}
+
+/// Which changes the merge path records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// Every changed entry: what a local write replicates.
+    Every,
+    /// Tombstones only: what must cascade after a merge from a peer.
+    Tombstones,
 }
 
 /// The incarnation if the entry itself is live at `now` (ancestors aside).

@@ -3,7 +3,7 @@
 //! Indexes are never written directly: [`Shard::replace`] derives them from the
 //! entry before and after every change, so they cannot drift from the entries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::Arc;
 
 use super::digest::{BUCKETS, bucket_of, entry_digest};
@@ -117,39 +117,44 @@ impl Shard {
         new: Option<Entry>,
         skew_budget_ms: Millis,
     ) -> Option<Millis> {
-        let unchanged = match (self.entries.get(id), new.as_ref()) {
-            (Some(old), Some(new)) => same_index(old, new, skew_budget_ms),
-            _ => false,
-        };
-        let (before, after) = if unchanged {
-            (None, None)
-        } else {
-            (
-                self.entries
-                    .get(id)
-                    .map(|entry| IndexKeys::of(entry, skew_budget_ms)),
-                new.as_ref()
-                    .map(|entry| IndexKeys::of(entry, skew_budget_ms)),
-            )
-        };
         let due = new.as_ref().map(|entry| due_of(entry, skew_budget_ms));
         let bucket = bucket_of(id);
-        if let Some(old) = self.entries.get(id) {
-            self.digests[bucket] ^= entry_digest(id, old);
-        }
         if let Some(entry) = &new {
             self.digests[bucket] ^= entry_digest(id, entry);
         }
-        match new {
-            Some(entry) => {
-                self.entries.insert(id.clone(), entry);
-            }
+        // One search of the map: the old entry comes back from the swap. The
+        // index keys (None: unchanged) are taken before the new entry moves in.
+        let (old, keys) = match new {
+            Some(entry) => match self.entries.entry(id.clone()) {
+                btree_map::Entry::Occupied(mut slot) => {
+                    let keys = (!same_index(slot.get(), &entry, skew_budget_ms)).then(|| {
+                        (
+                            Some(IndexKeys::of(slot.get(), skew_budget_ms)),
+                            Some(IndexKeys::of(&entry, skew_budget_ms)),
+                        )
+                    });
+                    (Some(slot.insert(entry)), keys)
+                }
+                btree_map::Entry::Vacant(slot) => {
+                    let keys = (None, Some(IndexKeys::of(&entry, skew_budget_ms)));
+                    slot.insert(entry);
+                    (None, Some(keys))
+                }
+            },
             None => {
-                self.entries.remove(id);
                 self.children.remove(id);
+                let old = self.entries.remove(id);
+                let keys = (old.as_ref().map(|e| IndexKeys::of(e, skew_budget_ms)), None);
+                (old, Some(keys))
             }
+        };
+        if let Some(old) = &old {
+            self.digests[bucket] ^= entry_digest(id, old);
         }
-        if unchanged || before == after {
+        let Some((before, after)) = keys else {
+            return due;
+        };
+        if before == after {
             return due;
         }
         if let Some(keys) = before {

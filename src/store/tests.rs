@@ -635,11 +635,173 @@ async fn digests_agree_exactly_when_contents_agree() {
         .filter(|&i| a.digests()[i] != b.digests()[i])
         .collect();
     assert_eq!(differing, [digest::bucket_of("ST-9")]);
-    let in_bucket = a.bucket_entries(differing[0]);
-    assert!(in_bucket.iter().any(|(id, _)| &**id == "ST-9"));
+    let in_bucket = a.bucket_entries(differing[0], |id, _| id.to_owned());
+    assert!(in_bucket.iter().any(|id| id == "ST-9"));
     assert!(
         in_bucket
             .iter()
-            .all(|(id, _)| digest::bucket_of(id) == differing[0])
+            .all(|id| digest::bucket_of(id) == differing[0])
     );
+}
+
+/// Everything a store holds, indexes included, in a comparable form.
+fn snapshot(store: &Store) -> Vec<String> {
+    (0..store.shards.len())
+        .map(|index| {
+            let shard = store.lock(index);
+            let mut children: Vec<_> = shard.children.iter().collect();
+            children.sort();
+            let mut principals: Vec<_> = shard.by_principal.iter().collect();
+            principals.sort();
+            let mut kinds: Vec<_> = shard.kinds.iter().collect();
+            kinds.sort();
+            format!(
+                "entries {:?}\ndue {:?}\nchildren {children:?}\nprincipals {principals:?}\nkinds {kinds:?}\ndigests {:?}",
+                shard.entries, shard.due, shard.digests
+            )
+        })
+        .collect()
+}
+
+/// The records a writer's history produced, as a peer receives them: puts of
+/// parents and children (some sharing a shard, some not), touches, consumes,
+/// updates and deletes that cascade.
+fn history(ops: &[(u8, u8)]) -> Vec<Change> {
+    let writer = Store::new(
+        StoreConfig {
+            shards: 3,
+            skew_budget_ms: SKEW,
+            limits: Limits::default(),
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "node-w".into()),
+    );
+    let mut changes = Vec::new();
+    for &(op, n) in ops {
+        let id = format!("ST-{}", n % 12);
+        let parent = format!("TGT-{}", n % 4);
+        let written = match op % 6 {
+            0 => writer
+                .put(PutTicket {
+                    principal: Some(format!("User{}", n % 3)),
+                    ..put(&parent, 60_000)
+                })
+                .map(|w| w.changes),
+            1 => writer
+                .put(PutTicket {
+                    max_uses: u32::from(n % 3),
+                    ..child(&id, &parent, 30_000)
+                })
+                .map(|w| w.changes),
+            2 => writer.touch(&id).map(|w| w.changes),
+            3 => writer.consume(&id).map(|w| w.changes),
+            4 => writer.delete(&parent).map(|w| w.changes),
+            _ => writer.delete(&id).map(|w| w.changes),
+        };
+        changes.extend(written.unwrap_or_default());
+    }
+    changes
+}
+
+fn receiver(shards: usize) -> Store {
+    Store::new(
+        StoreConfig {
+            shards,
+            skew_budget_ms: SKEW,
+            limits: Limits::default(),
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "node-r".into()),
+    )
+}
+
+proptest::proptest! {
+    /// A bulk merge leaves a store exactly as merging the same records one by
+    /// one does: entries, tombstones, deadline, children and principal
+    /// indexes, per-kind counters and digests, whatever the order, the shard
+    /// count or how the records are split into batches.
+    #[test]
+    fn apply_many_ends_like_apply_one_by_one(
+        ops in proptest::collection::vec((0u8..6, 0u8..24), 1..60),
+        order in proptest::collection::vec(0usize..1000, 0..200),
+        batch in 1usize..40,
+        shards in 1usize..5,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut records = history(&ops);
+            if records.is_empty() {
+                return Ok(());
+            }
+            // Peers deliver in any order, with repeats.
+            for (i, pick) in order.iter().enumerate() {
+                let len = records.len();
+                let at = pick % len;
+                records.swap(i % len, at);
+                if pick % 7 == 0 {
+                    records.push(records[at].clone());
+                }
+            }
+            let one_by_one = receiver(shards);
+            for (id, entry) in &records {
+                one_by_one.apply(id, entry.clone());
+            }
+            let bulk = receiver(shards);
+            for chunk in records.chunks(batch) {
+                bulk.apply_many(chunk.iter().cloned());
+            }
+            proptest::prop_assert_eq!(snapshot(&bulk), snapshot(&one_by_one));
+            proptest::prop_assert_eq!(bulk.count(), one_by_one.count());
+            Ok(())
+        })?;
+    }
+}
+
+/// A tombstone in a bulk merge wins over a live copy of the same ticket
+/// earlier or later in the batch, and takes the ticket's children with it.
+#[tokio::test(start_paused = true)]
+async fn apply_many_tombstones_win_and_cascade() {
+    let records = history(&[(0, 0), (1, 0), (1, 4), (4, 0)]);
+    let (tombstones, live): (Vec<Change>, Vec<Change>) =
+        records.into_iter().partition(|(_, e)| e.is_deleted());
+    assert_eq!(tombstones.len(), 3, "the TGT and its two STs");
+    for shards in [1, 3] {
+        for order in [
+            [tombstones.clone(), live.clone()].concat(),
+            [live.clone(), tombstones[..1].to_vec()].concat(),
+        ] {
+            let store = receiver(shards);
+            store.apply_many(order);
+            assert_eq!(store.count().total, 0);
+            for id in ["TGT-0", "ST-0", "ST-4"] {
+                assert_eq!(stored_state(&store, id), Some(true), "{id} deleted");
+                assert!(store.get(id).is_err());
+            }
+        }
+    }
+}
+
+/// A bulk merge of a big batch holds a shard lock for a page at a time and
+/// ends with the same digests and counts as the writer.
+#[tokio::test(start_paused = true)]
+async fn apply_many_of_a_big_batch_matches_the_writer() {
+    let writer = store();
+    let mut records = Vec::new();
+    for n in 0..2_000 {
+        records.extend(
+            writer
+                .put(put(&format!("TGT-{n}"), 60_000))
+                .unwrap()
+                .changes,
+        );
+    }
+    records.extend(writer.delete("TGT-7").unwrap().changes);
+    let bulk = store();
+    bulk.apply_many(records);
+    assert_eq!(bulk.digests(), writer.digests());
+    assert_eq!(bulk.count(), writer.count());
+    assert_eq!(bulk.count().total, 1_999);
+    assert_eq!(snapshot(&bulk), snapshot(&writer));
 }

@@ -89,7 +89,7 @@ impl PeerNetwork for MemNetwork {
     async fn call(&self, to: &NodeId, body: Body) -> Result<Body, PeerError> {
         let target = self.hub.handler(&self.me, to)?;
         if let Ok(me) = self.hub.handler(to, &self.me) {
-            target.observe_clock(&self.me, me.clock_reading(), None);
+            target.observe_clock(&self.me, me.clock_reading());
         }
         let reply = target.handle(self.me.clone(), body).await;
         // The link may have been cut while the request was in flight.

@@ -12,7 +12,6 @@ pub mod mem;
 pub mod net;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tessera_proto::peer::Hlc as WireHlc;
 use tessera_proto::peer::peer_frame::Body;
@@ -47,10 +46,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     async fn handle(&self, from: NodeId, body: Body) -> Body;
     /// This node's clock, stamped on every frame sent.
     fn clock_reading(&self) -> WireHlc;
-    /// A peer's clock, read off every frame received. For a response,
-    /// `asked_ago` is how long ago this node sent the request it answers (the
-    /// peer read its clock within that time); `None` for any other frame.
-    fn observe_clock(&self, from: &NodeId, remote: WireHlc, asked_ago: Option<Duration>);
+    /// A peer's clock, read off every frame received.
+    fn observe_clock(&self, from: &NodeId, remote: WireHlc);
 }
 
 /// Sends requests to peers.

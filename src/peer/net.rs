@@ -545,7 +545,7 @@ impl Inner {
         }
         bump(&self.counters.handshakes_ok);
         if let Some(hlc) = hello.hlc {
-            self.handler.observe_clock(&peer, hlc, None);
+            self.handler.observe_clock(&peer, hlc);
         }
         debug!(
             %peer,
@@ -791,12 +791,7 @@ impl Inner {
             }
             conn.last_rx_us.store(self.now_us(), Ordering::Relaxed);
             if let Some(hlc) = frame.hlc {
-                let asked = frame
-                    .is_response
-                    .then(|| conn.asked_at(frame.request_id))
-                    .flatten();
-                self.handler
-                    .observe_clock(&conn.peer, hlc, asked.map(|at| at.elapsed()));
+                self.handler.observe_clock(&conn.peer, hlc);
             }
             if frame.is_response {
                 if !conn.complete(frame.request_id, frame.body) {
@@ -1002,14 +997,7 @@ type Reply = oneshot::Sender<Result<Body, PeerError>>;
 struct Pending {
     /// Set once the connection closed: no new calls are accepted.
     closed: Option<String>,
-    calls: HashMap<u64, Call>,
-}
-
-/// One of our requests waiting for its response.
-struct Call {
-    /// When it was sent: bounds when the peer read the clock on its answer.
-    asked: std::time::Instant,
-    reply: Reply,
+    calls: HashMap<u64, Reply>,
 }
 
 /// One live connection to a peer.
@@ -1068,7 +1056,7 @@ impl Conn {
         };
         self.calls.close();
         self.phase.send_replace(Phase::Closed);
-        for (_, Call { reply, .. }) in waiting {
+        for (_, reply) in waiting {
             let _ = reply.send(Err(unreachable(
                 &self.peer,
                 format!("connection lost: {reason}"),
@@ -1093,8 +1081,7 @@ impl Conn {
                     format!("connection lost: {reason}"),
                 ));
             }
-            let asked = std::time::Instant::now();
-            pending.calls.insert(request_id, Call { asked, reply });
+            pending.calls.insert(request_id, reply);
         }
         let _forget = ForgetOnDrop {
             conn: self,
@@ -1113,14 +1100,9 @@ impl Conn {
             .unwrap_or_else(|_| Err(unreachable(&self.peer, "connection closed")))
     }
 
-    /// When the request a response answers was sent, if a call still waits.
-    fn asked_at(&self, request_id: u64) -> Option<std::time::Instant> {
-        lock(&self.pending).calls.get(&request_id).map(|c| c.asked)
-    }
-
     /// Deliver a response; false if no call waits for it.
     fn complete(&self, request_id: u64, body: Option<Body>) -> bool {
-        let Some(Call { reply, .. }) = lock(&self.pending).calls.remove(&request_id) else {
+        let Some(reply) = lock(&self.pending).calls.remove(&request_id) else {
             return false;
         };
         let result = body.ok_or_else(|| {
@@ -1131,7 +1113,7 @@ impl Conn {
     }
 
     fn fail(&self, request_id: u64, error: PeerError) {
-        if let Some(Call { reply, .. }) = lock(&self.pending).calls.remove(&request_id) {
+        if let Some(reply) = lock(&self.pending).calls.remove(&request_id) {
             let _ = reply.send(Err(error));
         }
     }

@@ -810,28 +810,20 @@ impl Replicator {
         }
     }
 
-    /// Remember what `from`'s latest frame showed of its clock, and let a fence
-    /// follow at once. Only a conclusive reading marks a peer skewed; a frame
-    /// that looks behind but may just have waited keeps an earlier mark alive.
-    fn note_clock(&self, from: &NodeId, reading: ClockReading) {
+    /// Remember whether `from`'s latest frame showed its clock beyond the
+    /// budget, and let a fence follow at once.
+    fn note_clock(&self, from: &NodeId, beyond: bool) {
         let known = {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             view.skewed.contains_key(from)
         };
-        let change = match reading {
-            ClockReading::Beyond(_) => true,
-            ClockReading::LateOrBehind | ClockReading::Within => known,
-        };
-        if change {
+        if beyond || known {
             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-            match reading {
-                ClockReading::Beyond(_) | ClockReading::LateOrBehind => {
-                    view.skewed
-                        .insert(from.clone(), tokio::time::Instant::now());
-                }
-                ClockReading::Within => {
-                    view.skewed.remove(from);
-                }
+            if beyond {
+                view.skewed
+                    .insert(from.clone(), tokio::time::Instant::now());
+            } else {
+                view.skewed.remove(from);
             }
         }
         self.clock_fenced();
@@ -870,13 +862,14 @@ impl PeerHandler for Replicator {
         hlc_to_wire(self.store.hlc().stamp().hlc)
     }
 
-    fn observe_clock(&self, from: &NodeId, remote: WireHlc, asked_ago: Option<Duration>) {
+    fn observe_clock(&self, from: &NodeId, remote: WireHlc) {
         let remote = hlc_from_wire(remote);
         let now = self.store.hlc().clock().now_ms();
+        let skew_ms = remote.wall_ms as i64 - now as i64;
         let budget = self.config.max_clock_skew.as_millis() as i64;
-        let reading = clock_reading_of(remote.wall_ms, now, asked_ago, budget);
-        self.note_clock(from, reading);
-        if let ClockReading::Beyond(skew_ms) = reading {
+        let beyond = skew_ms.abs() > budget;
+        self.note_clock(from, beyond);
+        if beyond {
             self.report_skew(from, skew_ms);
             // A clock far ahead must not drag this node's stamps with it.
             if skew_ms > 0 {
@@ -884,46 +877,6 @@ impl PeerHandler for Replicator {
             }
         }
         self.store.hlc().observe(remote);
-    }
-}
-
-/// What one frame's clock reading says about the peer's clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ClockReading {
-    /// Within the budget of ours.
-    Within,
-    /// Beyond the budget by this much (negative: behind), for certain.
-    Beyond(i64),
-    /// Behind by more than the budget on a frame that may just have waited:
-    /// proves nothing new, but does not clear an earlier verdict either.
-    LateOrBehind,
-}
-
-/// Judge a peer's reading `remote_ms` taken when it stamped a frame read here
-/// at `now_ms`. A frame is read after it was stamped, never before, so it may
-/// look behind by however long it waited (behind multi-megabyte frames, on busy
-/// cores: seconds during a catch-up) but never ahead. So ahead is always
-/// conclusive; behind only on a response (`asked_ago` = how long ago this node
-/// sent the request it answers), whose reading was taken after the request left.
-fn clock_reading_of(
-    remote_ms: Millis,
-    now_ms: Millis,
-    asked_ago: Option<Duration>,
-    budget_ms: i64,
-) -> ClockReading {
-    let ahead = remote_ms as i64 - now_ms as i64;
-    if ahead > budget_ms {
-        return ClockReading::Beyond(ahead);
-    }
-    let earliest = match asked_ago {
-        Some(ago) => now_ms.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)),
-        None => now_ms,
-    };
-    let behind = earliest as i64 - remote_ms as i64;
-    match (behind > budget_ms, asked_ago) {
-        (false, _) => ClockReading::Within,
-        (true, Some(_)) => ClockReading::Beyond(-behind),
-        (true, None) => ClockReading::LateOrBehind,
     }
 }
 

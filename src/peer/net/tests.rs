@@ -84,7 +84,7 @@ impl PeerHandler for Echo {
         self.clock
     }
 
-    fn observe_clock(&self, from: &NodeId, remote: Hlc, _asked_ago: Option<Duration>) {
+    fn observe_clock(&self, from: &NodeId, remote: Hlc) {
         lock(&self.observed).push((Arc::clone(from), remote));
     }
 }

@@ -573,31 +573,27 @@ async fn a_batch_over_the_call_limit_is_refused_whole_and_acts_on_none() {
 
     let (node, client) = common::start().await;
     let mut raw = raw_client(&node).await;
-    let calls = (0..=tessera::api::MAX_BATCH_CALLS)
-        .map(|n| pb::BatchCall {
-            call: Some(Call::Put(pb::PutRequest {
-                id: format!("ST-6-limit-{n}"),
-                ttl_ms: 60_000,
-                ..Default::default()
-            })),
-        })
-        .collect();
-    let status = raw.batch(pb::BatchRequest { calls }).await.unwrap_err();
+    let puts = |count: usize| pb::BatchRequest {
+        calls: (0..count)
+            .map(|n| pb::BatchCall {
+                call: Some(Call::Put(pb::PutRequest {
+                    id: format!("ST-6-limit-{n}"),
+                    ttl_ms: 60_000,
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+    };
+    let status = raw
+        .batch(puts(tessera::api::MAX_BATCH_CALLS + 1))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("at most 1024"), "{status:?}");
     assert_eq!(client.count().await.unwrap().total, 0);
     // Still serving, a full batch included.
-    let calls = (0..tessera::api::MAX_BATCH_CALLS)
-        .map(|n| pb::BatchCall {
-            call: Some(Call::Put(pb::PutRequest {
-                id: format!("ST-6-limit-{n}"),
-                ttl_ms: 60_000,
-                ..Default::default()
-            })),
-        })
-        .collect();
     let outcomes = raw
-        .batch(pb::BatchRequest { calls })
+        .batch(puts(tessera::api::MAX_BATCH_CALLS))
         .await
         .unwrap()
         .into_inner()

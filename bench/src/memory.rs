@@ -120,14 +120,7 @@ async fn measure(
     token: Option<&str>,
 ) -> anyhow::Result<MemoryFigures> {
     let conns = target
-        .connect(
-            args.clients,
-            Sharing {
-                tessera: args.tessera_conns,
-                ..Sharing::default()
-            },
-            token,
-        )
+        .connect(args.clients, Sharing::tessera(args.tessera_conns), token)
         .await?;
     let mut probe = conns[0].clone();
     let info_before = probe

@@ -73,24 +73,10 @@ async fn storm(
     token: Option<&str>,
 ) -> anyhow::Result<StormFigures> {
     let loaders = target
-        .connect(
-            args.clients,
-            Sharing {
-                tessera: args.tessera_conns,
-                ..Sharing::default()
-            },
-            token,
-        )
+        .connect(args.clients, Sharing::tessera(args.tessera_conns), token)
         .await?;
     let readers = target
-        .connect(
-            args.readers,
-            Sharing {
-                tessera: args.tessera_conns,
-                ..Sharing::default()
-            },
-            token,
-        )
+        .connect(args.readers, Sharing::tessera(args.tessera_conns), token)
         .await?;
     let payload = Bytes::from(vec![b'h'; args.payload]);
     let ids = Ids::new("hot");

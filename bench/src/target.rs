@@ -185,6 +185,16 @@ impl Default for Sharing {
     }
 }
 
+impl Sharing {
+    /// `tessera` shared tessera-clients, Redis as by default.
+    pub fn tessera(tessera: usize) -> Sharing {
+        Sharing {
+            tessera,
+            ..Sharing::default()
+        }
+    }
+}
+
 /// One virtual client's handle on the target.
 #[derive(Clone)]
 pub enum Conn {

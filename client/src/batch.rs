@@ -31,6 +31,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+use crate::client::authorized;
+
 /// Batches on the wire to one node at once: enough to keep a node's cores busy
 /// while the next batch fills, few enough that batches grow under load.
 const MAX_IN_FLIGHT: usize = 4;
@@ -251,12 +253,7 @@ impl Link {
 
     /// A request with the token and the `grpc-timeout` of its longest-waiting call.
     fn request<M>(&self, msg: M, timeout: Duration) -> Request<M> {
-        let mut request = Request::new(msg);
-        if let Some(authorization) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
+        let mut request = authorized(msg, self.authorization.as_ref());
         // The server stops working on it once every caller has given up.
         request.set_timeout(timeout);
         request

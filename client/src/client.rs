@@ -418,12 +418,7 @@ impl Client {
 
     /// A request carrying the API token, if one is configured.
     fn request<M>(&self, msg: M) -> Request<M> {
-        let mut req = Request::new(msg);
-        if let Some(authorization) = &self.shared.authorization {
-            req.metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
-        req
+        authorized(msg, self.shared.authorization.as_ref())
     }
 
     /// Runs `attempt` against the nodes, starting with the preferred one, trying
@@ -507,6 +502,16 @@ fn attempt_error(addr: &str, failure: Failure) -> Error {
             other => other,
         },
     }
+}
+
+/// A request carrying `authorization` (the API token's header), if any.
+pub(crate) fn authorized<M>(msg: M, authorization: Option<&AsciiMetadataValue>) -> Request<M> {
+    let mut req = Request::new(msg);
+    if let Some(authorization) = authorization {
+        req.metadata_mut()
+            .insert("authorization", authorization.clone());
+    }
+    req
 }
 
 /// A node answered a call with the outcome of another kind of call.

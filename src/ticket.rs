@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::clock::Millis;
-use crate::entry::{Incarnation, shared_bytes};
+use crate::entry::Incarnation;
 use crate::error::StoreError;
 
 /// Longest ticket id, in bytes.
@@ -161,7 +161,7 @@ impl TicketView {
             kind: inc.identity.kind.to_string(),
             principal: inc.identity.principal.as_deref().map(str::to_owned),
             parent: inc.identity.parent.as_deref().map(str::to_owned),
-            payload: shared_bytes(&inc.payload.val.bytes),
+            payload: Bytes::copy_from_slice(&inc.payload.val.bytes),
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             idle_ms: inc.payload.val.idle_ms,

@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use crdts::{LWWReg, VClock};
 use tessera_proto::peer::{
     Deleted, EntryRecord, Hlc as WireHlc, LiveEntry, Stamp as WireStamp, entry_record,
 };
 
 use crate::clock::{Hlc, Stamp};
-use crate::entry::{
-    Entry, Identity, Incarnation, MaxReg, Payload, State, owned_bytes, shared_bytes,
-};
+use crate::entry::{Entry, Identity, Incarnation, MaxReg, Payload, State, owned_bytes};
 use crate::ticket;
 
 /// Why a record from a peer was refused.
@@ -65,7 +64,7 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
             created_at_ms: inc.identity.created_at_ms,
             deadline_ms: inc.identity.deadline_ms,
             max_uses: inc.identity.max_uses,
-            payload: shared_bytes(&inc.payload.val.bytes),
+            payload: Bytes::copy_from_slice(&inc.payload.val.bytes),
             idle_ms: inc.payload.val.idle_ms,
             payload_stamp: Some(stamp_to_wire(&inc.payload.marker)),
             last_used_ms: inc.last_used.0,
@@ -140,7 +139,6 @@ mod tests {
     use super::*;
     use crate::clock::{Clock, HlcClock};
     use crate::store::{PutTicket, Store, StoreConfig};
-    use bytes::Bytes;
 
     #[tokio::test(start_paused = true)]
     async fn records_round_trip() {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::machine::CpuTimes;
 use crate::stats::{OpMap, OpStats, OpSummary};
 use crate::target::Conn;
 
@@ -73,6 +74,10 @@ pub struct Spec {
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Round {
     pub elapsed_secs: f64,
+    /// Fraction of the machine's cores busy during the round (server, load
+    /// generator and anything else): how close to saturation a latency was taken.
+    #[serde(default)]
+    pub cpu_busy: Option<f64>,
     /// Per operation, plus "all" for every operation together.
     pub ops: BTreeMap<String, OpSummary>,
 }
@@ -364,6 +369,7 @@ pub async fn run_phase(
         .rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(clients as f64 / r));
+    let cpu_at_start = CpuTimes::read();
     let start = Instant::now();
     let bounds = Arc::new(Bounds {
         end: start + duration,
@@ -406,6 +412,9 @@ pub async fn run_phase(
         }
     }
     let elapsed = start.elapsed();
+    let cpu_busy = CpuTimes::read()
+        .zip(cpu_at_start)
+        .and_then(|(now, then)| now.busy_since(&then));
     let mut all = OpStats::default();
     let mut ops = BTreeMap::new();
     for (name, s) in &total {
@@ -415,6 +424,7 @@ pub async fn run_phase(
     ops.insert("all".to_owned(), all.summary(elapsed));
     Ok(Round {
         elapsed_secs: elapsed.as_secs_f64(),
+        cpu_busy,
         ops,
     })
 }

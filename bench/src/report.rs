@@ -27,6 +27,11 @@ pub fn ms(v: f64) -> String {
 }
 
 /// A ratio `a / b` as `1.23x`, or `-` when undefined.
+/// A fraction as a whole percentage, or "-" when unknown.
+pub fn percent(fraction: Option<f64>) -> String {
+    fraction.map_or_else(|| "-".to_owned(), |f| format!("{:.0}%", f * 100.0))
+}
+
 pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() {
         format!("{:.2}x", a / b)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::load::{self, Round, Spec, Workload};
-use crate::report::{self, ms, ratio, thousands};
+use crate::report::{self, ms, percent, ratio, thousands};
 use crate::stats::{OpSummary, median_summary};
 use crate::target::{Conn, Sharing, Target};
 
@@ -89,6 +89,8 @@ pub struct TargetFigures {
     pub kind: String,
     pub rounds: Vec<Round>,
     pub median: BTreeMap<String, OpSummary>,
+    /// Median over the rounds of the machine's busy fraction ([`Round::cpu_busy`]).
+    pub cpu_busy_median: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -176,13 +178,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let round = load::run_phase(conns, &spec, duration, args.ops, &format!("r{r}")).await?;
             let all = &round.ops["all"];
             eprintln!(
-                "round {} {:<8} {:>10} ops/s  p50 {} ms  p99 {} ms  errors {}",
+                "round {} {:<8} {:>10} ops/s  p50 {} ms  p99 {} ms  errors {}  cpu busy {}",
                 r + 1,
                 t.kind(),
                 thousands(all.ops_per_sec),
                 ms(all.p50_ms),
                 ms(all.p99_ms),
-                all.errors
+                all.errors,
+                percent(round.cpu_busy)
             );
             rounds[i].push(round);
         }
@@ -197,11 +200,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let per: Vec<&OpSummary> = rounds.iter().filter_map(|r| r.ops.get(&name)).collect();
             median.insert(name, median_summary(&per));
         }
+        let mut busy: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_busy).collect();
+        busy.sort_by(f64::total_cmp);
+        let cpu_busy_median = busy.get(busy.len() / 2).copied();
         figures.push(TargetFigures {
             target: t.label(),
             kind: t.kind().to_owned(),
             rounds,
             median,
+            cpu_busy_median,
         });
     }
     let mut ratios = BTreeMap::new();
@@ -311,6 +318,14 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
             None => format!("{:?} each", spec.duration),
         },
         if spec.rate.is_some() { " (fixed rate, so queueing is not hidden)" } else { "" }
+    ));
+    let busy: Vec<String> = figures
+        .iter()
+        .map(|f| format!("{} {}", f.kind, percent(f.cpu_busy_median)))
+        .collect();
+    md.push_str(&format!(
+        "\nMachine CPU busy during the rounds (all cores; server, load generator and anything else; median): {}.\n",
+        busy.join(", ")
     ));
     for f in figures {
         for (name, s) in &f.median {

@@ -53,7 +53,7 @@
 //!
 //! The ticket calls (put, get, touch, consume, update, delete) of concurrent
 //! callers sharing a [`Client`] travel together: each node has one batcher task
-//! that sends what is queued as one `Batch` RPC whenever one of its four slots is
+//! that sends what is queued as one `Batch` RPC whenever one of its two slots is
 //! free. A call made alone goes out at once, in a batch of one; under load, the
 //! calls queued while earlier batches are on the wire share the next one and its
 //! per-RPC cost. Each call still gets exactly the answer (or the failure) its own

@@ -754,7 +754,7 @@ async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
     assert_eq!(stats.calls(), CALLS, "every call answered exactly once");
     let batches = stats.batches();
     assert_eq!(batches.iter().sum::<usize>(), CALLS);
-    // At most 4 batches wait on the slow node at once; the calls queued
+    // At most MAX_IN_FLIGHT batches wait on the slow node at once; the calls queued
     // meanwhile go together in the next ones.
     assert!(
         batches.len() <= 12,

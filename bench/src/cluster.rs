@@ -69,9 +69,13 @@ pub struct ClusterFigures {
     pub catchup_secs: Option<f64>,
     /// From the restart of node C until it reports ready (median).
     pub ready_secs: Option<f64>,
-    /// Every round's (catch-up, ready) times, in order.
-    pub catchup_rounds: Vec<(Option<f64>, Option<f64>)>,
+    /// Every round's times, in order.
+    pub catchup_rounds: Vec<Round>,
 }
+
+/// One catch-up round: seconds until node C held every ticket, and until it
+/// reported ready (`None`: not within [`CATCHUP_LIMIT`]).
+type Round = (Option<f64>, Option<f64>);
 
 /// The node processes and their files; killed and removed on drop.
 struct Fleet {
@@ -249,11 +253,7 @@ async fn wait_count(
 
 /// Restarts node C and times until it holds `want` tickets and until it
 /// reports ready (seconds; `None`: not within [`CATCHUP_LIMIT`]).
-async fn catch_up(
-    fleet: &mut Fleet,
-    client: &Client,
-    want: u64,
-) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+async fn catch_up(fleet: &mut Fleet, client: &Client, want: u64) -> anyhow::Result<Round> {
     let restarted = Instant::now();
     fleet.children[2] = Some(fleet.spawn(2)?);
     eprintln!("cluster: node C restarted; waiting for {want} tickets");
@@ -419,7 +419,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("not within {CATCHUP_LIMIT:?}"))
     };
     // With several rounds: the median, then every round.
-    let rounds = |pick: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
+    let rounds = |pick: fn(&Round) -> Option<f64>| {
         if figures.catchup_rounds.len() < 2 {
             return String::new();
         }

@@ -206,6 +206,28 @@ impl Fleet {
             .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", self.bin.display()))
     }
 
+    /// User plus system CPU seconds of node `n` so far (0 if unknown).
+    fn cpu_secs(&self, n: usize) -> f64 {
+        let Some(child) = &self.children[n] else {
+            return 0.0;
+        };
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): state is the
+        // first, utime the 12th, stime the 13th; in clock ticks (USER_HZ, 100).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     fn token(&self) -> anyhow::Result<String> {
         Ok(std::fs::read_to_string(self.dir.join("token"))?)
     }
@@ -254,6 +276,7 @@ async fn wait_count(
 /// Restarts node C and times until it holds `want` tickets and until it
 /// reports ready (seconds; `None`: not within [`CATCHUP_LIMIT`]).
 async fn catch_up(fleet: &mut Fleet, client: &Client, want: u64) -> anyhow::Result<Round> {
+    let cpu_before = [fleet.cpu_secs(0), fleet.cpu_secs(1)];
     let restarted = Instant::now();
     fleet.children[2] = Some(fleet.spawn(2)?);
     eprintln!("cluster: node C restarted; waiting for {want} tickets");
@@ -284,6 +307,20 @@ async fn catch_up(fleet: &mut Fleet, client: &Client, want: u64) -> anyhow::Resu
         }
     };
     let (ready, held) = tokio::join!(ready, held);
+    // CPU the three processes spent on it (C: since its start), which unlike
+    // the wall-clock time does not depend on what else the machine runs.
+    let cpu = [
+        fleet.cpu_secs(0) - cpu_before[0],
+        fleet.cpu_secs(1) - cpu_before[1],
+        fleet.cpu_secs(2),
+    ];
+    eprintln!(
+        "cluster: CPU during the catch-up: A {:.2} s, B {:.2} s, C {:.2} s, all {:.2} s",
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        cpu.iter().sum::<f64>()
+    );
     Ok((
         held.map(|d| d.as_secs_f64()),
         ready.map(|d| d.as_secs_f64()),

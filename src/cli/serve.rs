@@ -37,7 +37,7 @@ pub struct ServeArgs {
     /// tombstones outlive their ticket's deadline by this much [default: 1s].
     #[arg(long, env = "TESSERA_MAX_CLOCK_SKEW", value_parser = parse_duration)]
     pub max_clock_skew: Option<Duration>,
-    /// Lock shards of the store [default: 32].
+    /// Lock shards of the store [default: 256, one per anti-entropy bucket].
     #[arg(long, env = "TESSERA_SHARDS")]
     pub shards: Option<usize>,
     /// How peers are found: none (single node), static, dns or ecs

@@ -191,8 +191,11 @@ impl Opener {
             }
             let ciphertext = &mut self.scratch[..chunk_len];
             reader.read_exact(ciphertext).await?;
+            // Room for the whole ciphertext, tag included: ring's cipher
+            // opens in place when the output can hold the ciphertext, and
+            // otherwise copies it to a fresh allocation and back.
             let start = plaintext.len();
-            plaintext.resize(start + chunk_len - NOISE_TAG, 0);
+            plaintext.resize(start + chunk_len, 0);
             let opened = self
                 .noise
                 .read_message(self.nonce, ciphertext, &mut plaintext[start..])

@@ -913,31 +913,35 @@ impl Inner {
             hlc: Some(self.handler.clock_reading()),
             body: Some(message.body),
         };
-        let len = frame.encoded_len();
-        if len > max {
-            if !message.is_response {
-                conn.fail(
-                    message.request_id,
-                    PeerError::Protocol(
-                        conn.peer.to_string(),
-                        format!(
-                            "request of {len} bytes exceeds the peer frame limit of {max} bytes"
-                        ),
-                    ),
-                );
-                return None;
-            }
-            warn!(
-                peer = %conn.peer,
-                len,
-                max,
-                "response exceeds the peer frame limit; answering an error instead"
-            );
-            frame.body = Some(error_body(
-                tonic::Code::ResourceExhausted,
-                format!("response of {len} bytes exceeds the peer frame limit of {max} bytes"),
-            ));
+        // Encoded first and measured after: `encoded_len` walks every nested
+        // record, and encoding walks them all again (an oversized frame is
+        // rare, and its encoding no larger than the body already held).
+        let encoded = frame.encode_to_vec();
+        let len = encoded.len();
+        if len <= max {
+            return Some(encoded);
         }
+        drop(encoded);
+        if !message.is_response {
+            conn.fail(
+                message.request_id,
+                PeerError::Protocol(
+                    conn.peer.to_string(),
+                    format!("request of {len} bytes exceeds the peer frame limit of {max} bytes"),
+                ),
+            );
+            return None;
+        }
+        warn!(
+            peer = %conn.peer,
+            len,
+            max,
+            "response exceeds the peer frame limit; answering an error instead"
+        );
+        frame.body = Some(error_body(
+            tonic::Code::ResourceExhausted,
+            format!("response of {len} bytes exceeds the peer frame limit of {max} bytes"),
+        ));
         Some(frame.encode_to_vec())
     }
 

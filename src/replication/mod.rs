@@ -43,7 +43,10 @@ use crate::redact::tag;
 use crate::store::{PutTicket, Store, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
 use votes::{Ballot, VoteBook};
-use wire::{from_record, hlc_from_wire, hlc_to_wire, stamp_from_wire, stamp_to_wire, to_record};
+use wire::{
+    NodeIds, from_record, from_record_with, hlc_from_wire, hlc_to_wire, stamp_from_wire,
+    stamp_to_wire, to_record,
+};
 
 /// How long the largest membership seen counts towards the expected size.
 const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
@@ -514,8 +517,9 @@ impl Replicator {
     /// were valid (a bad record is dropped, the others are merged).
     fn apply_records(&self, records: Vec<tessera_proto::peer::EntryRecord>) -> usize {
         let mut valid = Vec::with_capacity(records.len());
+        let mut nodes = NodeIds::default();
         for record in records {
-            match from_record(record) {
+            match from_record_with(record, &mut nodes) {
                 Ok((id, entry)) => valid.push((Arc::<str>::from(id), entry)),
                 Err(e) => {
                     self.stats.bad_records.fetch_add(1, Ordering::Relaxed);

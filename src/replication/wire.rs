@@ -40,6 +40,37 @@ pub fn stamp_to_wire(stamp: &Stamp) -> WireStamp {
 }
 
 pub fn stamp_from_wire(stamp: Option<WireStamp>, what: &str) -> Result<Stamp, WireError> {
+    stamp_from_wire_with(stamp, what, &mut NodeIds::default())
+}
+
+/// Node ids met while decoding a batch of records, shared by the entries
+/// that carry them: a bucket's thousands of records name the same few
+/// writers, and each stamp would otherwise get an allocation of its own
+/// (two per entry, kept as long as the entry is).
+#[derive(Default)]
+pub struct NodeIds(Vec<Arc<str>>);
+
+impl NodeIds {
+    /// Ids remembered at most; past them, each stamp allocates as before.
+    const MAX: usize = 16;
+
+    fn get(&mut self, node: String) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *node) {
+            return Arc::clone(known);
+        }
+        let node: Arc<str> = node.into();
+        if self.0.len() < Self::MAX {
+            self.0.push(Arc::clone(&node));
+        }
+        node
+    }
+}
+
+fn stamp_from_wire_with(
+    stamp: Option<WireStamp>,
+    what: &str,
+    nodes: &mut NodeIds,
+) -> Result<Stamp, WireError> {
     let stamp = stamp.ok_or_else(|| WireError(format!("{what} stamp missing")))?;
     let hlc = stamp
         .hlc
@@ -49,7 +80,7 @@ pub fn stamp_from_wire(stamp: Option<WireStamp>, what: &str) -> Result<Stamp, Wi
     }
     Ok(Stamp {
         hlc: hlc_from_wire(hlc),
-        node: stamp.node.into(),
+        node: nodes.get(stamp.node),
     })
 }
 
@@ -83,6 +114,14 @@ pub fn to_record(id: &str, entry: &Entry) -> EntryRecord {
 }
 
 pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
+    from_record_with(record, &mut NodeIds::default())
+}
+
+/// [`from_record`], sharing node ids across the records of one batch.
+pub fn from_record_with(
+    record: EntryRecord,
+    nodes: &mut NodeIds,
+) -> Result<(String, Entry), WireError> {
     ticket::validate_id("id", &record.id).map_err(|e| WireError(e.to_string()))?;
     let state = match record.state {
         None => return Err(WireError("no state".into())),
@@ -100,11 +139,11 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
             }
             let mut uses = VClock::new();
             for (node, n) in live.uses {
-                uses.dots.insert(Arc::<str>::from(node), n);
+                uses.dots.insert(nodes.get(node), n);
             }
             let uses = uses.into();
             State::Live(Box::new(Incarnation {
-                created: stamp_from_wire(live.created, "created")?,
+                created: stamp_from_wire_with(live.created, "created", nodes)?,
                 identity: Identity {
                     kind: live.kind.into(),
                     principal: live.principal.map(Into::into),
@@ -118,7 +157,7 @@ pub fn from_record(record: EntryRecord) -> Result<(String, Entry), WireError> {
                         bytes: owned_bytes(&live.payload),
                         idle_ms: live.idle_ms,
                     },
-                    marker: stamp_from_wire(live.payload_stamp, "payload")?,
+                    marker: stamp_from_wire_with(live.payload_stamp, "payload", nodes)?,
                 },
                 last_used: MaxReg(live.last_used_ms),
                 uses,
@@ -163,6 +202,52 @@ mod tests {
         assert_eq!((back_id.as_str(), &back), (&**id, entry));
         let tomb = Entry::tombstone(99);
         assert_eq!(from_record(to_record("ST-1", &tomb)).unwrap().1, tomb);
+    }
+
+    /// Records of one batch share their writers' node ids and decode to the
+    /// same entries as records decoded one by one.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_shares_node_ids() {
+        let store = Store::new(
+            StoreConfig::default(),
+            HlcClock::new(Clock::starting_at(1_000), "node-a".into()),
+        );
+        let mut records = Vec::new();
+        for n in 0..3 {
+            let id = format!("ST-{n}");
+            store
+                .put(PutTicket {
+                    id: id.clone(),
+                    payload: Bytes::from_static(b"p"),
+                    ttl_ms: 10_000,
+                    max_uses: 2,
+                    ..PutTicket::default()
+                })
+                .unwrap();
+            store.consume(&id).unwrap();
+            records.push(to_record(&id, &store.entry(&id).unwrap()));
+        }
+        let mut nodes = NodeIds::default();
+        let batch: Vec<Entry> = records
+            .iter()
+            .map(|r| from_record_with(r.clone(), &mut nodes).unwrap().1)
+            .collect();
+        let stamps = |entry: &Entry| -> Vec<Arc<str>> {
+            let inc = entry.live().unwrap();
+            let mut all = vec![inc.created.node.clone(), inc.payload.marker.node.clone()];
+            all.extend(inc.uses.iter().map(|(node, _)| node.clone()));
+            all
+        };
+        let first = stamps(&batch[0]);
+        assert_eq!(first.len(), 3, "created, payload and one use");
+        for entry in &batch {
+            for node in stamps(entry) {
+                assert!(Arc::ptr_eq(&node, &first[0]), "one allocation per node id");
+            }
+        }
+        for (record, entry) in records.into_iter().zip(&batch) {
+            assert_eq!(&from_record(record).unwrap().1, entry);
+        }
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            shards: 32,
+            // One anti-entropy bucket per shard: a peer's bucket request is
+            // then answered from its shard alone, instead of scanning (and
+            // hashing every id of) a shard shared by 8 buckets, under its lock.
+            shards: digest::BUCKETS,
             skew_budget_ms: 1_000,
             limits: Limits::default(),
         }
@@ -976,12 +979,11 @@ impl Store {
     /// Every bucket's digest, in bucket order.
     pub fn digests(&self) -> Vec<u64> {
         let mut digests = vec![0; digest::BUCKETS];
-        for index in 0..self.shards.len() {
+        for index in 0..self.shards.len().min(digest::BUCKETS) {
             let shard = self.lock(index);
-            for (bucket, digest) in digests.iter_mut().enumerate() {
-                if self.shard_of_bucket(bucket) == index {
-                    *digest = shard.digests[bucket];
-                }
+            // The buckets of shard `index`: `index`, `index + shards`, ...
+            for bucket in (index..digest::BUCKETS).step_by(self.shards.len()) {
+                digests[bucket] = shard.digests[bucket];
             }
         }
         digests
@@ -989,13 +991,16 @@ impl Store {
 
     /// Every entry of one bucket, as `f` maps it (a shard lock held for one
     /// scan of that shard: mapping straight to what is sent saves a copy of
-    /// every entry).
+    /// every entry). With a shard per bucket (the default) the shard's
+    /// entries are the bucket's; with fewer shards each holds several
+    /// buckets, and the scan hashes every id to keep the bucket's.
     pub fn bucket_entries<T>(&self, bucket: usize, mut f: impl FnMut(&str, &Entry) -> T) -> Vec<T> {
         let shard = self.lock(self.shard_of_bucket(bucket));
+        let whole_shard = self.shards.len() >= digest::BUCKETS;
         shard
             .entries
             .iter()
-            .filter(|(id, _)| digest::bucket_of(id) == bucket)
+            .filter(|(id, _)| whole_shard || digest::bucket_of(id) == bucket)
             .map(|(id, entry)| f(id, entry))
             .collect()
     }

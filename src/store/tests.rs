@@ -644,6 +644,40 @@ async fn digests_agree_exactly_when_contents_agree() {
     );
 }
 
+/// A bucket's entries are exactly the entries of that bucket, whether a shard
+/// holds one bucket (the default), several, or buckets are spread unevenly.
+#[tokio::test(start_paused = true)]
+async fn bucket_entries_are_the_buckets_whatever_the_shard_count() {
+    let ids: Vec<String> = (0..2_000).map(|n| format!("ST-{n}-x")).collect();
+    for shards in [1, 3, 32, 255, digest::BUCKETS, 300] {
+        let store = Store::new(
+            StoreConfig {
+                shards,
+                ..StoreConfig::default()
+            },
+            HlcClock::new(Clock::starting_at(EPOCH), "node-a".into()),
+        );
+        for id in &ids {
+            store.put(put(id, 60_000)).unwrap();
+        }
+        let mut seen = 0;
+        for bucket in 0..digest::BUCKETS {
+            let mut got = store.bucket_entries(bucket, |id, _| id.to_owned());
+            got.sort();
+            let mut want: Vec<String> = ids
+                .iter()
+                .filter(|id| digest::bucket_of(id) == bucket)
+                .cloned()
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "bucket {bucket} with {shards} shards");
+            seen += got.len();
+        }
+        assert_eq!(seen, ids.len());
+    }
+    assert_eq!(StoreConfig::default().shards, digest::BUCKETS);
+}
+
 /// Everything a store holds, indexes included, in a comparable form.
 fn snapshot(store: &Store) -> Vec<String> {
     (0..store.shards.len())

@@ -254,11 +254,14 @@ async fn wait_members(client: &Client, want: usize, limit: Duration) -> anyhow::
 }
 
 /// Polls `client`'s node until its count reaches `want`; the time from `since`.
+/// Between polls it waits `pause`, or only yields when `None` (for lag figures,
+/// where a sleep's timer granularity would be the measurement).
 async fn wait_count(
     client: &Client,
     want: u64,
     since: Instant,
     limit: Duration,
+    pause: Option<Duration>,
 ) -> Option<Duration> {
     loop {
         if let Ok(c) = client.count().await
@@ -269,7 +272,10 @@ async fn wait_count(
         if since.elapsed() > limit {
             return None;
         }
-        tokio::task::yield_now().await;
+        match pause {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => tokio::task::yield_now().await,
+        }
     }
 }
 
@@ -293,19 +299,13 @@ async fn catch_up(fleet: &mut Fleet, client: &Client, want: u64) -> anyhow::Resu
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    let held = async {
-        loop {
-            if let Ok(c) = client.count().await
-                && c.total >= want
-            {
-                return Some(restarted.elapsed());
-            }
-            if restarted.elapsed() > CATCHUP_LIMIT {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
+    let held = wait_count(
+        client,
+        want,
+        restarted,
+        CATCHUP_LIMIT,
+        Some(Duration::from_millis(5)),
+    );
     let (ready, held) = tokio::join!(ready, held);
     // CPU the three processes spent on it (C: since its start), which unlike
     // the wall-clock time does not depend on what else the machine runs.
@@ -374,8 +374,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         expect_b += 1;
         expect_c += 1;
         let (b, c) = tokio::join!(
-            wait_count(&clients[1], expect_b, start, LAG_LIMIT),
-            wait_count(&clients[2], expect_c, start, LAG_LIMIT)
+            wait_count(&clients[1], expect_b, start, LAG_LIMIT, None),
+            wait_count(&clients[2], expect_c, start, LAG_LIMIT, None)
         );
         if k < 100 {
             continue; // warm-up

@@ -85,8 +85,9 @@ fn noise_error(e: snow::Error) -> HandshakeError {
 
 /// The implementations of the Noise primitives: ring's ChaCha20-Poly1305
 /// (vectorised assembly; with RustCrypto's the cipher was ~35% of a
-/// catch-up's instructions), RustCrypto's for the rest (X25519, BLAKE2s). The same algorithms either way, so the bytes on the wire are the
-/// same and nodes of either build talk to each other (tested below).
+/// catch-up's instructions), RustCrypto's for the rest (X25519, BLAKE2s).
+/// The same algorithms either way, so the bytes on the wire are the same and
+/// nodes of either build talk to each other (tested below).
 fn resolver() -> BoxedCryptoResolver {
     Box::new(FallbackResolver::new(
         Box::new(RingResolver),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::load::Ids;
 use crate::memory;
 use crate::report::{self, ms, thousands};
-use crate::stats::{OpStats, OpSummary};
+use crate::stats::{OpStats, OpSummary, median};
 use crate::target::{Sharing, Target};
 
 const NODES: usize = 3;
@@ -328,15 +328,9 @@ async fn catch_up(fleet: &mut Fleet, client: &Client, want: u64) -> anyhow::Resu
 }
 
 /// Median of the rounds' times; `None` if any round has none.
-fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    let mut values: Vec<f64> = values.collect::<Option<_>>()?;
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
+fn median_time(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Vec<f64> = values.collect::<Option<_>>()?;
+    (!values.is_empty()).then(|| median(&values))
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
@@ -433,8 +427,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         );
         figures.catchup_rounds.push((held, ready));
     }
-    figures.catchup_secs = median(figures.catchup_rounds.iter().map(|r| r.0));
-    figures.ready_secs = median(figures.catchup_rounds.iter().map(|r| r.1));
+    figures.catchup_secs = median_time(figures.catchup_rounds.iter().map(|r| r.0));
+    figures.ready_secs = median_time(figures.catchup_rounds.iter().map(|r| r.1));
     drop(fleet);
 
     let lag_row =

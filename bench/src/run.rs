@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::load::{self, Round, Spec, Workload};
 use crate::report::{self, ms, percent, ratio, thousands};
-use crate::stats::{OpSummary, median_summary};
+use crate::stats::{self, OpSummary, median_summary};
 use crate::target::{Conn, Sharing, Target};
 
 #[derive(clap::Args, Debug)]
@@ -200,9 +200,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let per: Vec<&OpSummary> = rounds.iter().filter_map(|r| r.ops.get(&name)).collect();
             median.insert(name, median_summary(&per));
         }
-        let mut busy: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_busy).collect();
-        busy.sort_by(f64::total_cmp);
-        let cpu_busy_median = busy.get(busy.len() / 2).copied();
+        let busy: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_busy).collect();
+        let cpu_busy_median = (!busy.is_empty()).then(|| stats::median(&busy));
         figures.push(TargetFigures {
             target: t.label(),
             kind: t.kind().to_owned(),

@@ -43,6 +43,28 @@ impl Workload {
             Workload::Delete => "delete",
         }
     }
+
+    /// Empty histograms for every operation a round of this workload records.
+    /// Made before the round's clock starts: 64 clients' histograms are tens
+    /// of MB, and zeroing them in each client's first calls stalled the first
+    /// ~50 ms of every round (at a fixed rate that alone set the round's p99).
+    fn fresh_stats(self) -> OpMap {
+        self.ops()
+            .iter()
+            .map(|op| (*op, OpStats::default()))
+            .collect()
+    }
+
+    fn ops(self) -> &'static [&'static str] {
+        match self {
+            Workload::Cas => &["put_tgt", "put_st", "touch_tgt", "consume_st", "delete_tgt"],
+            Workload::Put => &["put"],
+            Workload::Get => &["get"],
+            Workload::Touch => &["touch"],
+            Workload::Consume => &["consume"],
+            Workload::Delete => &["delete"],
+        }
+    }
 }
 
 /// What a round runs.
@@ -68,6 +90,9 @@ pub struct Spec {
     pub keys_per_client: usize,
     /// Tickets written before a consume or delete round (over all clients).
     pub prefill: u64,
+    /// Keep every operation's [`Sample`] (for `--latency-log`).
+    #[serde(skip)]
+    pub keep_samples: bool,
 }
 
 /// What one round measured on one target.
@@ -80,6 +105,20 @@ pub struct Round {
     pub cpu_busy: Option<f64>,
     /// Per operation, plus "all" for every operation together.
     pub ops: BTreeMap<String, OpSummary>,
+    /// Every operation, when the spec keeps them (not in the JSON).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// One measured operation: when it was due and how long it took, for finding
+/// when in a round the slow ones happened (a stall hits every operation of a
+/// few milliseconds; a slow operation kind hits only its own).
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub op: &'static str,
+    /// Microseconds from the round's start to the operation's scheduled start.
+    pub due_micros: u64,
+    pub latency_micros: u64,
 }
 
 /// Shared bounds of one phase.
@@ -170,21 +209,45 @@ impl Rng {
     }
 }
 
-fn record(
-    stats: &mut OpMap,
-    name: &'static str,
-    start: Instant,
-    result: Result<(), String>,
-) -> bool {
-    let entry = stats.entry(name).or_default();
-    match result {
-        Ok(()) => {
-            entry.record(start.elapsed());
-            true
+/// What one client measured in one round.
+struct Recorder {
+    stats: OpMap,
+    round_start: Instant,
+    /// Every successful operation, if the spec keeps them.
+    samples: Option<Vec<Sample>>,
+}
+
+impl Recorder {
+    fn new(stats: OpMap, round_start: Instant, keep_samples: bool) -> Recorder {
+        Recorder {
+            stats,
+            round_start,
+            samples: keep_samples.then(Vec::new),
         }
-        Err(e) => {
-            entry.error(e);
-            false
+    }
+
+    /// Records one operation due at `start`; returns whether it succeeded.
+    fn record(&mut self, op: &'static str, start: Instant, result: Result<(), String>) -> bool {
+        let entry = self.stats.entry(op).or_default();
+        match result {
+            Ok(()) => {
+                let latency = start.elapsed();
+                entry.record(latency);
+                if let Some(samples) = &mut self.samples {
+                    samples.push(Sample {
+                        op,
+                        due_micros: start
+                            .saturating_duration_since(self.round_start)
+                            .as_micros() as u64,
+                        latency_micros: latency.as_micros() as u64,
+                    });
+                }
+                true
+            }
+            Err(e) => {
+                entry.error(e);
+                false
+            }
         }
     }
 }
@@ -223,8 +286,8 @@ async fn client_loop(
     ids: Ids,
     client: usize,
     prepared: Prepared,
-) -> OpMap {
-    let mut stats = OpMap::new();
+    mut recorder: Recorder,
+) -> Recorder {
     let mut rng = Rng::new(client as u64 + 1);
     let tgt_payload = Bytes::from(vec![b't'; spec.tgt_payload]);
     let st_payload = Bytes::from(vec![b's'; spec.st_payload]);
@@ -241,8 +304,7 @@ async fn client_loop(
             let Some(start) = gate.next().await else {
                 break;
             };
-            if !record(
-                &mut stats,
+            if !recorder.record(
                 "put_tgt",
                 start,
                 conn.put_tgt(&tgt, &principal, &tgt_payload).await,
@@ -254,34 +316,23 @@ async fn client_loop(
                 let Some(start) = gate.next().await else {
                     break 'sessions;
                 };
-                if !record(
-                    &mut stats,
-                    "put_st",
-                    start,
-                    conn.put_st(&st, &tgt, &st_payload).await,
-                ) {
+                if !recorder.record("put_st", start, conn.put_st(&st, &tgt, &st_payload).await) {
                     continue;
                 }
                 let Some(start) = gate.next().await else {
                     break 'sessions;
                 };
-                record(
-                    &mut stats,
-                    "touch_tgt",
-                    start,
-                    conn.touch(&tgt, &tgt_payload).await,
-                );
+                recorder.record("touch_tgt", start, conn.touch(&tgt, &tgt_payload).await);
                 let Some(start) = gate.next().await else {
                     break 'sessions;
                 };
-                record(&mut stats, "consume_st", start, conn.consume(&st).await);
+                recorder.record("consume_st", start, conn.consume(&st).await);
             }
             if rng.chance(spec.logout_ratio) {
                 let Some(start) = gate.next().await else {
                     break;
                 };
-                record(
-                    &mut stats,
+                recorder.record(
                     "delete_tgt",
                     start,
                     conn.delete_tree(&tgt, Some(&principal)).await,
@@ -291,8 +342,7 @@ async fn client_loop(
         Workload::Put => {
             while let Some(start) = gate.next().await {
                 let id = next_id("ST");
-                record(
-                    &mut stats,
+                recorder.record(
                     "put",
                     start,
                     conn.put_plain(&id, &payload, PLAIN_TTL, 0).await,
@@ -303,9 +353,9 @@ async fn client_loop(
             while let Some(start) = gate.next().await {
                 let id = &prepared.ids[rng.below(prepared.ids.len())];
                 if spec.workload == Workload::Get {
-                    record(&mut stats, "get", start, conn.get(id).await);
+                    recorder.record("get", start, conn.get(id).await);
                 } else {
-                    record(&mut stats, "touch", start, conn.touch(id, &payload).await);
+                    recorder.record("touch", start, conn.touch(id, &payload).await);
                 }
             }
         }
@@ -315,19 +365,14 @@ async fn client_loop(
                     break;
                 };
                 if spec.workload == Workload::Consume {
-                    record(&mut stats, "consume", start, conn.consume(id).await);
+                    recorder.record("consume", start, conn.consume(id).await);
                 } else {
-                    record(
-                        &mut stats,
-                        "delete",
-                        start,
-                        conn.delete_tree(id, None).await,
-                    );
+                    recorder.record("delete", start, conn.delete_tree(id, None).await);
                 }
             }
         }
     }
-    stats
+    recorder
 }
 
 /// Runs one phase (warm-up or measured) of `spec` on the given connections.
@@ -369,6 +414,7 @@ pub async fn run_phase(
         .rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(clients as f64 / r));
+    let stats: Vec<OpMap> = (0..clients).map(|_| spec.workload.fresh_stats()).collect();
     let cpu_at_start = CpuTimes::read();
     let start = Instant::now();
     let bounds = Arc::new(Bounds {
@@ -380,7 +426,7 @@ pub async fn run_phase(
         interval,
     });
     let mut tasks = Vec::new();
-    for (i, (conn, prepared)) in conns.iter().zip(prepared).enumerate() {
+    for (i, ((conn, prepared), stats)) in conns.iter().zip(prepared).zip(stats).enumerate() {
         // Spread the clients' schedules over one interval so a fixed rate is smooth.
         let offset = interval
             .map(|gap| gap.mul_f64(i as f64 / clients as f64))
@@ -396,16 +442,19 @@ pub async fn run_phase(
             ids.clone(),
             i,
             prepared,
+            Recorder::new(stats, start, spec.keep_samples),
         )));
     }
     let mut total = OpMap::new();
+    let mut samples = Vec::new();
     let hard_end = start + duration + GRACE;
     for t in tasks {
         match tokio::time::timeout_at(hard_end, t).await {
-            Ok(Ok(stats)) => {
-                for (name, s) in stats {
-                    total.entry(name).or_default().merge(&s);
+            Ok(Ok(recorder)) => {
+                for (name, s) in recorder.stats.iter().filter(|(_, s)| !s.is_empty()) {
+                    total.entry(name).or_default().merge(s);
                 }
+                samples.extend(recorder.samples.into_iter().flatten());
             }
             Ok(Err(e)) => anyhow::bail!("client task failed: {e}"),
             Err(_) => anyhow::bail!("clients still busy {GRACE:?} past the round's end"),
@@ -426,6 +475,7 @@ pub async fn run_phase(
         elapsed_secs: elapsed.as_secs_f64(),
         cpu_busy,
         ops,
+        samples,
     })
 }
 
@@ -450,6 +500,29 @@ mod tests {
         let yes = (0..10_000).filter(|_| r.chance(0.25)).count();
         assert!((2000..3000).contains(&yes), "{yes}");
         assert!((0..100).all(|_| r.chance(1.0)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recorder_counts_every_call_and_keeps_samples_only_when_asked() {
+        let round_start = Instant::now();
+        let mut kept = Recorder::new(Workload::Cas.fresh_stats(), round_start, true);
+        let mut plain = Recorder::new(Workload::Cas.fresh_stats(), round_start, false);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let due = Instant::now();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        for r in [&mut kept, &mut plain] {
+            assert!(r.record("put_st", due, Ok(())));
+            assert!(!r.record("consume_st", due, Err("gone".into())));
+            assert_eq!(r.stats["put_st"].hist.len(), 1);
+            assert_eq!(r.stats["consume_st"].errors, 1);
+            assert!(r.stats["delete_tgt"].is_empty(), "made up front, unused");
+        }
+        let samples = kept.samples.expect("kept");
+        assert_eq!(samples.len(), 1, "errors have no latency");
+        assert_eq!(samples[0].op, "put_st");
+        assert_eq!(samples[0].due_micros, 5_000);
+        assert_eq!(samples[0].latency_micros, 2_000);
+        assert!(plain.samples.is_none());
     }
 
     #[tokio::test]

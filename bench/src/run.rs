@@ -2,6 +2,7 @@
 //! alternating rounds, with medians and ratios.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +81,11 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// Write every measured operation to this file, one line each:
+    /// `round target-url op due_micros latency_micros` (due = scheduled start,
+    /// from the round's start). Shows when in a round the slow calls were.
+    #[arg(long)]
+    pub latency_log: Option<PathBuf>,
 }
 
 /// One target's rounds and their medians.
@@ -141,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         logout_ratio: args.logout_ratio,
         keys_per_client: args.keys_per_client,
         prefill: args.prefill,
+        keep_samples: args.latency_log.is_some(),
     };
     let sharing = Sharing {
         tessera: args.tessera_conns,
@@ -167,6 +174,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             load::run_phase(conns, &warm, args.warmup, None, "w").await?;
         }
     }
+    let mut latency_log = match &args.latency_log {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for r in 0..args.rounds.max(1) {
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -175,7 +186,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         for i in order {
             let (t, conns) = &targets[i];
-            let round = load::run_phase(conns, &spec, duration, args.ops, &format!("r{r}")).await?;
+            let mut round =
+                load::run_phase(conns, &spec, duration, args.ops, &format!("r{r}")).await?;
+            if let Some(log) = &mut latency_log {
+                for x in std::mem::take(&mut round.samples) {
+                    writeln!(
+                        log,
+                        "{} {} {} {} {}",
+                        r + 1,
+                        t.label(),
+                        x.op,
+                        x.due_micros,
+                        x.latency_micros
+                    )?;
+                }
+            }
             let all = &round.ops["all"];
             eprintln!(
                 "round {} {:<8} {:>10} ops/s  p50 {} ms  p99 {} ms  errors {}  cpu busy {}",
@@ -189,6 +214,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             );
             rounds[i].push(round);
         }
+    }
+    if let Some(mut log) = latency_log {
+        log.flush()?;
     }
     let mut figures = Vec::new();
     for ((t, _), rounds) in targets.iter().zip(rounds) {

@@ -41,6 +41,11 @@ impl OpStats {
         }
     }
 
+    /// Whether nothing was recorded (an operation a round never reached).
+    pub fn is_empty(&self) -> bool {
+        self.hist.is_empty() && self.errors == 0
+    }
+
     pub fn merge(&mut self, other: &OpStats) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.hist.add(&other.hist);

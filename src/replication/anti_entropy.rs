@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream;
+use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{BucketDigests, BucketSync};
 use tracing::{debug, info};
 
 use super::Replicator;
 use super::wire::to_record;
-use crate::peer::{NodeId, PeerError};
+use crate::peer::{NodeId, PeerError, PeerNetwork};
 use crate::worker::{Worker, WorkerState};
 
 /// Buckets synced concurrently with one peer. Two keep the pipe busy (one
@@ -26,12 +27,21 @@ use crate::worker::{Worker, WorkerState};
 /// rounds were lost.
 const SYNC_CONCURRENCY: usize = 2;
 
+/// Encoded entries per page of a bucket sync, each way. A bucket of 1 M
+/// tickets of 1 KB is ~4.5 MB, and sent whole it passed the peer frame limit
+/// (8 MiB by default) near 1.9 M tickets: that bucket then never synced and a
+/// restarted node never caught up. A page is at most this plus one record,
+/// well inside the limit (at least 4 MiB plus 4 times the largest payload).
+pub const SYNC_PAGE_BYTES: usize = 1024 * 1024;
+
 /// What one sync with a peer found and moved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     pub buckets_differing: usize,
     pub entries_sent: usize,
     pub entries_received: usize,
+    /// Bucket sync round trips.
+    pub pages: usize,
 }
 
 impl Replicator {
@@ -75,41 +85,17 @@ impl Replicator {
             ..SyncReport::default()
         };
         let mut results = stream::iter(differing)
-            .map(|bucket| {
-                let network = network.clone();
-                async move {
-                    let entries = self.store().bucket_entries(bucket, to_record);
-                    let sent = entries.len();
-                    let reply = network
-                        .call(
-                            peer,
-                            Body::BucketSync(BucketSync {
-                                buckets: vec![bucket as u32],
-                                entries,
-                            }),
-                        )
-                        .await?;
-                    match reply {
-                        Body::Entries(entries) => {
-                            let received = self.apply_records(entries.entries);
-                            Ok((sent, received))
-                        }
-                        _ => Err(PeerError::Protocol(
-                            peer.to_string(),
-                            "bucket sync answered with something else".into(),
-                        )),
-                    }
-                }
-            })
+            .map(|bucket| self.sync_bucket(&network, peer, bucket))
             .buffer_unordered(SYNC_CONCURRENCY);
         // A bucket that failed does not stop the others: what they bring is
         // merged, and the round still fails (the next one retries the rest).
         let mut failed = None;
         while let Some(result) = results.next().await {
             match result {
-                Ok((sent, received)) => {
-                    report.entries_sent += sent;
-                    report.entries_received += received;
+                Ok(moved) => {
+                    report.entries_sent += moved.entries_sent;
+                    report.entries_received += moved.entries_received;
+                    report.pages += moved.pages;
                 }
                 Err(e) => failed = failed.or(Some(e)),
             }
@@ -118,6 +104,64 @@ impl Replicator {
             Some(e) => Err(e),
             None => Ok(report),
         }
+    }
+
+    /// Exchange one bucket with `peer`, a page at a time each way: each
+    /// request carries the next page of ours and asks for the next page of
+    /// theirs, until neither side has more. An older peer ignores the cursor
+    /// and answers its whole bucket every time (merging it again is harmless).
+    async fn sync_bucket(
+        &self,
+        network: &Arc<dyn PeerNetwork>,
+        peer: &NodeId,
+        bucket: usize,
+    ) -> Result<SyncReport, PeerError> {
+        let page_bytes = self.config.sync_page_bytes;
+        let mut moved = SyncReport::default();
+        let (mut ours_after, mut ours_more) = (String::new(), true);
+        let (mut theirs_after, mut theirs_more) = (String::new(), true);
+        while ours_more || theirs_more {
+            let (entries, more) = if ours_more {
+                self.store()
+                    .bucket_page(bucket, &ours_after, page_bytes, to_record, |record| {
+                        record.encoded_len()
+                    })
+            } else {
+                (Vec::new(), false)
+            };
+            if let Some(last) = entries.last() {
+                ours_after.clone_from(&last.id);
+            }
+            ours_more = more;
+            moved.entries_sent += entries.len();
+            moved.pages += 1;
+            let reply = network
+                .call(
+                    peer,
+                    Body::BucketSync(BucketSync {
+                        buckets: vec![bucket as u32],
+                        entries,
+                        after: Some(theirs_after.clone()),
+                    }),
+                )
+                .await?;
+            let Body::Entries(page) = reply else {
+                return Err(PeerError::Protocol(
+                    peer.to_string(),
+                    "bucket sync answered with something else".into(),
+                ));
+            };
+            match page.entries.last() {
+                // An empty page with `more` would ask for the same page forever.
+                Some(last) => {
+                    theirs_after.clone_from(&last.id);
+                    theirs_more = page.more;
+                }
+                None => theirs_more = false,
+            }
+            moved.entries_received += self.apply_records(page.entries);
+        }
+        Ok(moved)
     }
 }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{
     BucketDigests, ConsumeOp, Decide, Decided, Entries, EntryRecord, ErrorReply, Fetch,
@@ -93,6 +94,8 @@ pub struct ReplicationConfig {
     /// Bound on one peer round trip made for a client call.
     pub call_timeout: Duration,
     pub max_clock_skew: Duration,
+    /// Encoded entries per page of a bucket sync (see `anti_entropy`).
+    pub sync_page_bytes: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -102,6 +105,7 @@ impl Default for ReplicationConfig {
             expected_size: 1,
             call_timeout: Duration::from_secs(2),
             max_clock_skew: Duration::from_secs(1),
+            sync_page_bytes: anti_entropy::SYNC_PAGE_BYTES,
         }
     }
 }
@@ -798,17 +802,33 @@ impl Replicator {
             }),
             Body::BucketSync(sync) => {
                 self.apply_records(sync.entries);
-                let entries = sync
+                let mut buckets = sync
                     .buckets
                     .iter()
-                    .filter(|b| (**b as usize) < crate::store::digest::BUCKETS)
-                    .take(16)
-                    .flat_map(|b| self.store.bucket_entries(*b as usize, to_record))
-                    .collect();
-                Body::Entries(Entries {
-                    entries,
-                    more: false,
-                })
+                    .map(|b| *b as usize)
+                    .filter(|b| *b < crate::store::digest::BUCKETS)
+                    .take(16);
+                let (entries, more) = match &sync.after {
+                    // A sender that pages: one page of its first bucket.
+                    Some(after) => match buckets.next() {
+                        Some(bucket) => self.store.bucket_page(
+                            bucket,
+                            after,
+                            self.config.sync_page_bytes,
+                            to_record,
+                            |record| record.encoded_len(),
+                        ),
+                        None => (Vec::new(), false),
+                    },
+                    // An older sender: all of every bucket at once.
+                    None => (
+                        buckets
+                            .flat_map(|b| self.store.bucket_entries(b, to_record))
+                            .collect(),
+                        false,
+                    ),
+                };
+                Body::Entries(Entries { entries, more })
             }
             _ => error_reply(Code::Unimplemented, "not a request"),
         }

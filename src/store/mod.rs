@@ -989,20 +989,44 @@ impl Store {
         digests
     }
 
-    /// Every entry of one bucket, as `f` maps it (a shard lock held for one
-    /// scan of that shard: mapping straight to what is sent saves a copy of
-    /// every entry). With a shard per bucket (the default) the shard's
-    /// entries are the bucket's; with fewer shards each holds several
-    /// buckets, and the scan hashes every id to keep the bucket's.
-    pub fn bucket_entries<T>(&self, bucket: usize, mut f: impl FnMut(&str, &Entry) -> T) -> Vec<T> {
+    /// Every entry of one bucket, as `f` maps it (see [`Store::bucket_page`]).
+    pub fn bucket_entries<T>(&self, bucket: usize, f: impl FnMut(&str, &Entry) -> T) -> Vec<T> {
+        self.bucket_page(bucket, "", usize::MAX, f, |_| 0).0
+    }
+
+    /// The entries of one bucket with ids after `after` ("" = from the first),
+    /// in id order, as `f` maps them, until their `size`s reach `budget` (at
+    /// least one entry, however large); and whether more follow. A shard lock
+    /// is held for one page: mapping straight to what is sent saves a copy of
+    /// every entry. With a shard per bucket (the default) the shard's entries
+    /// are the bucket's; with fewer shards each holds several buckets, and the
+    /// scan hashes every id to keep the bucket's.
+    pub fn bucket_page<T>(
+        &self,
+        bucket: usize,
+        after: &str,
+        budget: usize,
+        mut f: impl FnMut(&str, &Entry) -> T,
+        mut size: impl FnMut(&T) -> usize,
+    ) -> (Vec<T>, bool) {
         let shard = self.lock(self.shard_of_bucket(bucket));
         let whole_shard = self.shards.len() >= digest::BUCKETS;
-        shard
+        let mut in_bucket = shard
             .entries
-            .iter()
-            .filter(|(id, _)| whole_shard || digest::bucket_of(id) == bucket)
-            .map(|(id, entry)| f(id, entry))
-            .collect()
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .filter(|(id, _)| whole_shard || digest::bucket_of(id) == bucket);
+        let mut page = Vec::new();
+        let mut used = 0usize;
+        while page.is_empty() || used < budget {
+            let Some((id, entry)) = in_bucket.next() else {
+                return (page, false);
+            };
+            let item = f(id, entry);
+            used = used.saturating_add(size(&item));
+            page.push(item);
+        }
+        let more = in_bucket.next().is_some();
+        (page, more)
     }
 
     /// Records held (live, dying or tombstones).

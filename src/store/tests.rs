@@ -678,6 +678,49 @@ async fn bucket_entries_are_the_buckets_whatever_the_shard_count() {
     assert_eq!(StoreConfig::default().shards, digest::BUCKETS);
 }
 
+/// Pages of a bucket cover it exactly once, in id order, each stopping once
+/// its sizes reach the budget (one entry at least), whatever the shard count.
+#[tokio::test(start_paused = true)]
+async fn bucket_pages_cover_the_bucket_once_within_their_budget() {
+    let ids: Vec<String> = (0..4_000).map(|n| format!("ST-{n}-x")).collect();
+    for shards in [7, digest::BUCKETS] {
+        let store = Store::new(
+            StoreConfig {
+                shards,
+                ..StoreConfig::default()
+            },
+            HlcClock::new(Clock::starting_at(EPOCH), "node-a".into()),
+        );
+        for id in &ids {
+            store.put(put(id, 60_000)).unwrap();
+        }
+        let bucket = digest::bucket_of(&ids[0]);
+        let whole = store.bucket_entries(bucket, |id, _| id.to_owned());
+        assert!(whole.len() > 10, "{}", whole.len());
+        for budget in [0, 1, 30, 100, usize::MAX] {
+            let mut paged = Vec::new();
+            let mut after = String::new();
+            loop {
+                let (page, more) =
+                    store.bucket_page(bucket, &after, budget, |id, _| id.to_owned(), |id| id.len());
+                assert!(!page.is_empty() || !more, "an empty page never says more");
+                let sizes: usize = page.iter().map(String::len).sum();
+                let last = page.last().map_or(0, String::len);
+                assert!(
+                    sizes - last < budget.max(1),
+                    "over budget before the last entry"
+                );
+                paged.extend(page);
+                match paged.last() {
+                    Some(id) if more => after.clone_from(id),
+                    _ => break,
+                }
+            }
+            assert_eq!(paged, whole, "budget {budget}, {shards} shards");
+        }
+    }
+}
+
 /// Everything a store holds, indexes included, in a comparable form.
 fn snapshot(store: &Store) -> Vec<String> {
     (0..store.shards.len())

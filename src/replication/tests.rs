@@ -282,14 +282,17 @@ async fn anti_entropy_catches_up_a_new_node_in_bulk() {
     assert_eq!(again.buckets_differing, 0, "nothing left to repair");
 }
 
-#[tokio::test]
-async fn anti_entropy_pages_buckets_both_ways() {
-    // Pages of ~300 B: every differing bucket takes several round trips.
-    let config = ReplicationConfig {
+/// Bucket sync pages of ~300 B: every differing bucket takes several round trips.
+fn small_pages() -> ReplicationConfig {
+    ReplicationConfig {
         sync_page_bytes: 300,
         ..ReplicationConfig::default()
-    };
-    let cluster = TestCluster::new(3, config);
+    }
+}
+
+#[tokio::test]
+async fn anti_entropy_pages_buckets_both_ways() {
+    let cluster = TestCluster::new(3, small_pages());
     cluster.isolate(&[2]);
     for n in 0..2_000 {
         cluster.nodes[n % 2]
@@ -323,11 +326,7 @@ async fn anti_entropy_pages_buckets_both_ways() {
 #[tokio::test]
 async fn a_bucket_sync_without_a_cursor_gets_the_whole_bucket() {
     // What a node of an older version sends: no `after`, so no pages.
-    let config = ReplicationConfig {
-        sync_page_bytes: 300,
-        ..ReplicationConfig::default()
-    };
-    let cluster = TestCluster::new(1, config);
+    let cluster = TestCluster::new(1, small_pages());
     for n in 0..2_000 {
         cluster.nodes[0]
             .put(put(&format!("ST-{n}"), 60_000))

@@ -650,13 +650,7 @@ async fn digests_agree_exactly_when_contents_agree() {
 async fn bucket_entries_are_the_buckets_whatever_the_shard_count() {
     let ids: Vec<String> = (0..2_000).map(|n| format!("ST-{n}-x")).collect();
     for shards in [1, 3, 32, 255, digest::BUCKETS, 300] {
-        let store = Store::new(
-            StoreConfig {
-                shards,
-                ..StoreConfig::default()
-            },
-            HlcClock::new(Clock::starting_at(EPOCH), "node-a".into()),
-        );
+        let store = store_with_shards(shards);
         for id in &ids {
             store.put(put(id, 60_000)).unwrap();
         }
@@ -684,13 +678,7 @@ async fn bucket_entries_are_the_buckets_whatever_the_shard_count() {
 async fn bucket_pages_cover_the_bucket_once_within_their_budget() {
     let ids: Vec<String> = (0..4_000).map(|n| format!("ST-{n}-x")).collect();
     for shards in [7, digest::BUCKETS] {
-        let store = Store::new(
-            StoreConfig {
-                shards,
-                ..StoreConfig::default()
-            },
-            HlcClock::new(Clock::starting_at(EPOCH), "node-a".into()),
-        );
+        let store = store_with_shards(shards);
         for id in &ids {
             store.put(put(id, 60_000)).unwrap();
         }
@@ -779,7 +767,8 @@ fn history(ops: &[(u8, u8)]) -> Vec<Change> {
     changes
 }
 
-fn receiver(shards: usize) -> Store {
+/// A store with `shards` lock shards, the rest as configured by default.
+fn store_with_shards(shards: usize) -> Store {
     Store::new(
         StoreConfig {
             shards,
@@ -821,11 +810,11 @@ proptest::proptest! {
                     records.push(records[at].clone());
                 }
             }
-            let one_by_one = receiver(shards);
+            let one_by_one = store_with_shards(shards);
             for (id, entry) in &records {
                 one_by_one.apply(id, entry.clone());
             }
-            let bulk = receiver(shards);
+            let bulk = store_with_shards(shards);
             for chunk in records.chunks(batch) {
                 bulk.apply_many(chunk.iter().cloned());
             }
@@ -849,7 +838,7 @@ async fn apply_many_tombstones_win_and_cascade() {
             [tombstones.clone(), live.clone()].concat(),
             [live.clone(), tombstones[..1].to_vec()].concat(),
         ] {
-            let store = receiver(shards);
+            let store = store_with_shards(shards);
             store.apply_many(order);
             assert_eq!(store.count().total, 0);
             for id in ["TGT-0", "ST-0", "ST-4"] {

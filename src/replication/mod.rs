@@ -21,6 +21,7 @@ mod votes;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -171,6 +172,9 @@ pub struct Replicator {
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
+    /// Picks an id's decider stripe: local only (no other node needs the same
+    /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
+    stripes: RandomState,
     /// The last [`Replicator::clock_fenced`] verdict, to log each change once.
     fenced: AtomicBool,
     pub stats: ReplicationStats,
@@ -197,6 +201,7 @@ impl Replicator {
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            stripes: RandomState::new(),
             fenced: AtomicBool::new(false),
             stats: ReplicationStats::default(),
         })
@@ -593,25 +598,23 @@ impl Replicator {
         op: decide::Op,
         hand_back: bool,
     ) -> Result<(TicketView, Option<EntryRecord>), StoreError> {
-        let stripe = (rendezvous(&self.me, id) % DECIDER_STRIPES as u64) as usize;
+        let stripe = (self.stripes.hash_one(id) % DECIDER_STRIPES as u64) as usize;
         let _serialized = self.deciders[stripe].lock().await;
         self.read_repair(id).await;
-        let current = self.store.get(id)?;
-        let retain = self.store.retain_until(id);
+        let current = self.store.decide_state(id)?;
         let slot = match &op {
             decide::Op::Consume(_) if current.max_uses == 0 => None,
             decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),
             decide::Op::Update(update) => {
-                if update.if_version != current.version {
-                    return Err(StoreError::VersionMismatch {
-                        current: current.version,
-                    });
+                let version = current.version.to_version();
+                if update.if_version != version {
+                    return Err(StoreError::VersionMismatch { current: version });
                 }
-                Some(format!("version:{}", current.version))
+                Some(format!("version:{version}"))
             }
         };
         if let Some(slot) = slot {
-            self.win_slot(id, &slot, retain).await?;
+            self.win_slot(id, &slot, current.retain_until_ms).await?;
         }
         let written = match op {
             decide::Op::Consume(_) => self.store.consume(id)?,

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::clock::{HlcClock, Millis};
+use crate::clock::{HlcClock, Millis, Stamp};
 use crate::entry::{Entry, Identity, Liveness, Payload, merge_at, owned_bytes};
 use crate::error::StoreError;
 use crate::redact::tag;
@@ -165,6 +165,19 @@ pub struct Store {
     sweep_wake: Notify,
 }
 
+/// What [`Store::decide_state`] reads: enough to pick a consume's or an
+/// update's slot.
+#[derive(Debug)]
+pub struct DecideState {
+    /// Uses recorded so far, on every node.
+    pub uses: u64,
+    /// 0 = unlimited.
+    pub max_uses: u32,
+    /// The stamp of the current payload (its version is `version.to_version()`).
+    pub version: Stamp,
+    pub retain_until_ms: Millis,
+}
+
 impl Store {
     pub fn new(config: StoreConfig, hlc: HlcClock) -> Store {
         let shards = (0..config.shards.max(1))
@@ -223,6 +236,29 @@ impl Store {
         };
         self.require_ancestors_live(parent, now)?;
         Ok(view)
+    }
+
+    /// What deciding a consume or an update reads of a ticket: its uses, its
+    /// version and its retention, under the same liveness rules as
+    /// [`Store::get`], without building the whole view (a payload copy and half
+    /// a dozen strings) to read three fields.
+    pub fn decide_state(&self, id: &str) -> Result<DecideState, StoreError> {
+        ticket::validate_id("id", id)?;
+        let now = self.now();
+        let (state, parent) = {
+            let shard = self.lock(self.shard_index(id));
+            let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
+            let inc = live_at(entry, now)?;
+            let state = DecideState {
+                uses: inc.total_uses(),
+                max_uses: inc.identity.max_uses,
+                version: inc.payload.marker.clone(),
+                retain_until_ms: entry.retain_until_ms,
+            };
+            (state, inc.identity.parent.clone())
+        };
+        self.require_ancestors_live(parent, now)?;
+        Ok(state)
     }
 
     /// True unless some ancestor this node holds is dead. An ancestor it does not
@@ -960,15 +996,6 @@ impl Store {
     /// what makes a read ask the peers.
     pub fn holds(&self, id: &str) -> bool {
         self.lock(self.shard_index(id)).entries.contains_key(id)
-    }
-
-    /// Until when this node keeps `id`'s record (0 when it holds none), without
-    /// copying the entry.
-    pub fn retain_until(&self, id: &str) -> Millis {
-        self.lock(self.shard_index(id))
-            .entries
-            .get(id)
-            .map_or(0, |entry| entry.retain_until_ms)
     }
 
     /// The stored entry for `id`, as a peer would receive it.

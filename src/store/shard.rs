@@ -74,19 +74,30 @@ fn due_of(entry: &Entry, skew_budget_ms: Millis) -> Millis {
     }
 }
 
-/// Whether two entries of one id have the same index keys, decided without
-/// allocating (the common case: a touch or a merge within one incarnation).
+/// Whether two entries of one id are counted alike (both deleted, or both live
+/// with the same kind and principal), decided without allocating: then only
+/// the due time can differ (a touch, a use, a merge within one incarnation).
 /// `false` may still mean equal keys (principals differing only in case); the
 /// caller then compares the full [`IndexKeys`].
-fn same_index(a: &Entry, b: &Entry, skew_budget_ms: Millis) -> bool {
-    let same_counted = match (&a.state, &b.state) {
+fn counted_alike(a: &Entry, b: &Entry) -> bool {
+    match (&a.state, &b.state) {
         (State::Deleted, State::Deleted) => true,
         (State::Live(x), State::Live(y)) => {
             x.identity.kind == y.identity.kind && x.identity.principal == y.identity.principal
         }
         _ => false,
-    };
-    same_counted && due_of(a, skew_budget_ms) == due_of(b, skew_budget_ms)
+    }
+}
+
+/// How the indexes change when an id's entry is replaced.
+enum IndexChange {
+    /// Counted alike before and after: at most the due time moves.
+    Due { before: Millis, after: Millis },
+    /// Everything is derived again (`None`: no entry on that side).
+    Keys {
+        before: Option<IndexKeys>,
+        after: Option<IndexKeys>,
+    },
 }
 
 impl IndexKeys {
@@ -123,40 +134,69 @@ impl Shard {
             self.digests[bucket] ^= entry_digest(id, entry);
         }
         // One search of the map: the old entry comes back from the swap. The
-        // index keys (None: unchanged) are taken before the new entry moves in.
-        let (old, keys) = match new {
+        // index change is worked out before the new entry moves in.
+        let (old, change) = match new {
             Some(entry) => match self.entries.entry(id.clone()) {
                 btree_map::Entry::Occupied(mut slot) => {
-                    let keys = (!same_index(slot.get(), &entry, skew_budget_ms)).then(|| {
-                        (
-                            Some(IndexKeys::of(slot.get(), skew_budget_ms)),
-                            Some(IndexKeys::of(&entry, skew_budget_ms)),
-                        )
-                    });
-                    (Some(slot.insert(entry)), keys)
+                    let change = if counted_alike(slot.get(), &entry) {
+                        IndexChange::Due {
+                            before: due_of(slot.get(), skew_budget_ms),
+                            after: due_of(&entry, skew_budget_ms),
+                        }
+                    } else {
+                        IndexChange::Keys {
+                            before: Some(IndexKeys::of(slot.get(), skew_budget_ms)),
+                            after: Some(IndexKeys::of(&entry, skew_budget_ms)),
+                        }
+                    };
+                    (Some(slot.insert(entry)), change)
                 }
                 btree_map::Entry::Vacant(slot) => {
-                    let keys = (None, Some(IndexKeys::of(&entry, skew_budget_ms)));
+                    let after = Some(IndexKeys::of(&entry, skew_budget_ms));
                     slot.insert(entry);
-                    (None, Some(keys))
+                    (
+                        None,
+                        IndexChange::Keys {
+                            before: None,
+                            after,
+                        },
+                    )
                 }
             },
             None => {
                 self.children.remove(id);
                 let old = self.entries.remove(id);
-                let keys = (old.as_ref().map(|e| IndexKeys::of(e, skew_budget_ms)), None);
-                (old, Some(keys))
+                let before = old.as_ref().map(|e| IndexKeys::of(e, skew_budget_ms));
+                (
+                    old,
+                    IndexChange::Keys {
+                        before,
+                        after: None,
+                    },
+                )
             }
         };
         if let Some(old) = &old {
             self.digests[bucket] ^= entry_digest(id, old);
         }
-        let Some((before, after)) = keys else {
-            return due;
-        };
-        if before == after {
-            return due;
+        match change {
+            IndexChange::Due { before, after } => {
+                if before != after {
+                    self.due.remove(&(before, id.clone()));
+                    self.due.insert((after, id.clone()));
+                }
+            }
+            IndexChange::Keys { before, after } => {
+                if before != after {
+                    self.reindex(id, before, after);
+                }
+            }
         }
+        due
+    }
+
+    /// Move `id` from the index entries of `before` to those of `after`.
+    fn reindex(&mut self, id: &Arc<str>, before: Option<IndexKeys>, after: Option<IndexKeys>) {
         if let Some(keys) = before {
             self.due.remove(&(keys.due_ms, id.clone()));
             if let Some((kind, principal)) = keys.counted {
@@ -175,7 +215,6 @@ impl Shard {
                 }
             }
         }
-        due
     }
 
     fn uncount(&mut self, id: &Arc<str>, kind: String, principal: Option<String>) {

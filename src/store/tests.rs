@@ -515,6 +515,65 @@ async fn counts_sessions_and_logout_everywhere() {
     assert_eq!(store.count().total, 1);
 }
 
+/// A touch moves a ticket's due time (idle) and nothing else: the sweeper's
+/// index holds the ticket once, at its new due time, and the kind and
+/// principal indexes still count it once.
+#[tokio::test(start_paused = true)]
+async fn a_touch_moves_only_the_due_time_in_the_indexes() {
+    let store = store();
+    store
+        .put(PutTicket {
+            principal: Some("Alice".into()),
+            idle_ms: Some(2_000),
+            ..put("TGT-1", 60_000)
+        })
+        .unwrap();
+    let dues = |store: &Store| -> Vec<Millis> {
+        let shard = store.lock(store.shard_index("TGT-1"));
+        let due = shard.due.iter().filter(|(_, id)| &**id == "TGT-1");
+        due.map(|(due, _)| *due).collect()
+    };
+    assert_eq!(dues(&store), [EPOCH + 2_000 + SKEW]);
+    for n in 1..=3 {
+        secs(1).await;
+        store.touch("TGT-1").unwrap();
+        assert_eq!(dues(&store), [EPOCH + n * 1_000 + 2_000 + SKEW]);
+    }
+    let counts = store.count();
+    assert_eq!((counts.total, counts.by_kind.get("TGT")), (1, Some(&1)));
+    let sessions = store.sessions_for("alice").unwrap();
+    assert_eq!(sessions.len(), 1);
+}
+
+/// What a consume or an update is decided on: the same ticket `get` returns,
+/// refused alike when it or an ancestor is dead.
+#[tokio::test(start_paused = true)]
+async fn decide_state_reads_what_get_returns_and_refuses_alike() {
+    let store = store();
+    store.put(put("TGT-1", 60_000)).unwrap();
+    store
+        .put(PutTicket {
+            max_uses: 2,
+            ..child("ST-1", "TGT-1", 10_000)
+        })
+        .unwrap();
+    store.consume("ST-1").unwrap();
+    let state = store.decide_state("ST-1").unwrap();
+    let view = store.get("ST-1").unwrap();
+    assert_eq!((state.uses, state.max_uses), (view.uses, view.max_uses));
+    assert_eq!(state.version.to_version(), view.version);
+    assert_eq!(state.retain_until_ms, EPOCH + 10_000 + SKEW);
+    store.delete("TGT-1").unwrap();
+    assert_eq!(
+        store.decide_state("ST-1").unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(
+        store.decide_state("ST-9").unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn list_pages_through_everything_with_filters() {
     let store = store();

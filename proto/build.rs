@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        .codec_path("crate::Codec")
         .bytes(".tessera.v1")
         .bytes(".tessera.peer.v1")
         .compile_fds(descriptors)?;

@@ -13,6 +13,8 @@ use crate::ticket::Limits;
 
 /// Largest payload limit a node accepts: gRPC messages must stay reasonable.
 pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
+/// Most worker threads a node may be given.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// Everything one node needs to start.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -33,6 +35,10 @@ pub struct NodeConfig {
     pub max_clock_skew: Duration,
     /// Lock shards of the store.
     pub shards: usize,
+    /// Threads that run the node's tasks [default: one per core the process
+    /// may use]. Fewer when the node shares its cores with other busy
+    /// processes: a worker that is preempted holds up the tasks queued on it.
+    pub worker_threads: Option<usize>,
 
     // ---- cluster ----
     /// How peers are found: `none` (a single node), `static`, `dns` or `ecs`.
@@ -107,6 +113,7 @@ impl Default for NodeConfig {
             max_ttl: store.limits.max_ttl,
             max_clock_skew: Duration::from_millis(store.skew_budget_ms),
             shards: store.shards,
+            worker_threads: None,
             discovery: None,
             seeds: Vec::new(),
             dns_name: None,
@@ -186,6 +193,14 @@ impl NodeConfig {
         }
         if self.shards == 0 || self.shards > 4096 {
             return invalid("shards", "must be between 1 and 4096".into());
+        }
+        if let Some(threads) = self.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&threads)
+        {
+            return invalid(
+                "worker_threads",
+                format!("must be between 1 and {MAX_WORKER_THREADS}"),
+            );
         }
         if let Some(size) = self.expected_size
             && (size == 0 || size > 1024)
@@ -444,6 +459,12 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("shards"), "{err}");
+        let config: NodeConfig = toml::from_str("worker_threads = 0").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_threads"), "{err}");
+        let config: NodeConfig = toml::from_str("worker_threads = 1").unwrap();
+        assert_eq!(config.worker_threads, Some(1));
+        assert!(config.validate().is_ok());
         assert!(NodeConfig::default().validate().is_ok());
         assert_eq!(parse_duration("8h").unwrap(), Duration::from_secs(28_800));
         assert!(parse_duration("eight hours").is_err());

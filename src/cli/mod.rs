@@ -176,13 +176,24 @@ pub struct ListArgs {
     pub limit: u64,
 }
 
+/// The worker threads `tessera serve` is configured with, read before the
+/// runtime starts. A configuration that does not load or validate gives the
+/// default here; `serve` then reports it and exits.
+fn worker_threads(command: &Command) -> Option<usize> {
+    match command {
+        Command::Serve(args) => args.node_config().ok()?.worker_threads,
+        _ => None,
+    }
+}
+
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads(&cli.command) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tessera: cannot start the async runtime: {e}");

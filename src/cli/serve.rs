@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Lock shards of the store [default: 256, one per anti-entropy bucket].
     #[arg(long, env = "TESSERA_SHARDS")]
     pub shards: Option<usize>,
+    /// Threads that run the node's tasks [default: one per core].
+    #[arg(long, env = "TESSERA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// How peers are found: none (single node), static, dns or ecs
     /// [default: static with --seeds, dns with --dns-name, else none].
     #[arg(long, env = "TESSERA_DISCOVERY", value_enum)]
@@ -132,6 +135,9 @@ impl ServeArgs {
         }
         if let Some(shards) = self.shards {
             config.shards = shards;
+        }
+        if self.worker_threads.is_some() {
+            config.worker_threads = self.worker_threads;
         }
         if self.discovery.is_some() {
             config.discovery = self.discovery;

@@ -359,14 +359,12 @@ impl Replicator {
 
     pub async fn get(&self, id: &str) -> Result<TicketView, StoreError> {
         ticket::validate_id("id", id)?;
-        self.read_repair(id).await;
-        self.store.get(id)
+        self.repair_on_miss(id, || self.store.get(id)).await
     }
 
     pub async fn touch(&self, id: &str) -> Result<TicketView, StoreError> {
         ticket::validate_id("id", id)?;
-        self.read_repair(id).await;
-        let written = self.store.touch(id)?;
+        let written = self.repair_on_miss(id, || self.store.touch(id)).await?;
         self.replicate(written).await
     }
 
@@ -409,8 +407,8 @@ impl Replicator {
                 self.decide(id, op).await
             }
             None => {
-                self.read_repair(id).await;
-                let written = self.store.update(id, update)?;
+                let update = || self.store.update(id, update.clone());
+                let written = self.repair_on_miss(id, update).await?;
                 self.replicate(written).await
             }
         }
@@ -477,6 +475,24 @@ impl Replicator {
             Ok(value)
         } else {
             Err(quorum_error(acked + 1, quorum))
+        }
+    }
+
+    /// Run a local operation on `id`; when it finds nothing because this node
+    /// holds no record of `id` at all (not even a tombstone), ask the peers
+    /// ([`Replicator::read_repair`]) and run it once more. Trying locally
+    /// first spares every call that finds its ticket a second lookup.
+    async fn repair_on_miss<T>(
+        &self,
+        id: &str,
+        op: impl Fn() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match op() {
+            Err(StoreError::NotFound) if !self.store.holds(id) => {
+                self.read_repair(id).await;
+                op()
+            }
+            outcome => outcome,
         }
     }
 
@@ -600,8 +616,9 @@ impl Replicator {
     ) -> Result<(TicketView, Option<EntryRecord>), StoreError> {
         let stripe = (self.stripes.hash_one(id) % DECIDER_STRIPES as u64) as usize;
         let _serialized = self.deciders[stripe].lock().await;
-        self.read_repair(id).await;
-        let current = self.store.decide_state(id)?;
+        let current = self
+            .repair_on_miss(id, || self.store.decide_state(id))
+            .await?;
         let slot = match &op {
             decide::Op::Consume(_) if current.max_uses == 0 => None,
             decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),

@@ -111,6 +111,23 @@ async fn a_put_on_one_node_is_readable_on_another_even_before_the_push() {
     }
 }
 
+#[tokio::test]
+async fn a_get_or_touch_on_a_node_the_push_missed_asks_the_peers() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    for n in 0..100 {
+        let id = format!("TGT-{n}");
+        cluster.nodes[0].put(put(&id, 60_000)).await.unwrap();
+        let got = if n % 2 == 0 {
+            cluster.nodes[2].get(&id).await
+        } else {
+            cluster.nodes[2].touch(&id).await
+        };
+        assert_eq!(got.unwrap().id, id);
+    }
+    assert!(cluster.nodes[2].stats.read_repairs.load(Ordering::Relaxed) > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_consumes_through_three_nodes_succeed_exactly_once() {
     let cluster = Arc::new(TestCluster::new(3, ReplicationConfig::default()));

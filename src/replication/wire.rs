@@ -10,7 +10,9 @@ use tessera_proto::peer::{
 };
 
 use crate::clock::{Hlc, Stamp};
-use crate::entry::{Entry, Identity, Incarnation, MaxReg, Payload, State, owned_bytes};
+use crate::entry::{
+    Entry, Identity, Incarnation, MaxReg, Payload, State, StoredDigest, owned_bytes,
+};
 use crate::ticket;
 
 /// Why a record from a peer was refused.
@@ -161,6 +163,7 @@ pub fn from_record_with(
                 },
                 last_used: MaxReg(live.last_used_ms),
                 uses,
+                stored_digest: StoredDigest::default(),
             }))
         }
     };

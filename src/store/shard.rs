@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::digest::{BUCKETS, bucket_of, entry_digest};
 use crate::clock::Millis;
-use crate::entry::{Entry, State};
+use crate::entry::{Entry, State, StoredDigest};
 
 /// Entries of one shard and their indexes.
 pub(super) struct Shard {
@@ -74,6 +74,16 @@ fn due_of(entry: &Entry, skew_budget_ms: Millis) -> Millis {
     }
 }
 
+/// The digest of an entry the map holds: the one stored with a live
+/// incarnation, computed for a tombstone (it has nowhere to keep one, and its
+/// few fields hash quickly).
+fn held_digest(id: &str, entry: &Entry) -> u64 {
+    match &entry.state {
+        State::Live(inc) => inc.stored_digest.0,
+        State::Deleted => entry_digest(id, entry),
+    }
+}
+
 /// Whether two entries of one id are counted alike (both deleted, or both live
 /// with the same kind and principal), decided without allocating: then only
 /// the due time can differ (a touch, a use, a merge within one incarnation).
@@ -128,10 +138,15 @@ impl Shard {
         new: Option<Entry>,
         skew_budget_ms: Millis,
     ) -> Option<Millis> {
+        let mut new = new;
         let due = new.as_ref().map(|entry| due_of(entry, skew_budget_ms));
         let bucket = bucket_of(id);
-        if let Some(entry) = &new {
-            self.digests[bucket] ^= entry_digest(id, entry);
+        if let Some(entry) = &mut new {
+            let digest = entry_digest(id, entry);
+            if let Some(inc) = entry.live_mut() {
+                inc.stored_digest = StoredDigest(digest);
+            }
+            self.digests[bucket] ^= digest;
         }
         // One search of the map: the old entry comes back from the swap. The
         // index change is worked out before the new entry moves in.
@@ -177,7 +192,7 @@ impl Shard {
             }
         };
         if let Some(old) = &old {
-            self.digests[bucket] ^= entry_digest(id, old);
+            self.digests[bucket] ^= held_digest(id, old);
         }
         match change {
             IndexChange::Due { before, after } => {

@@ -703,6 +703,84 @@ async fn digests_agree_exactly_when_contents_agree() {
     );
 }
 
+/// Each bucket's digest is the XOR of a fresh hash of every entry the store
+/// holds in it, after every kind of change: a write hashes only the new entry
+/// and takes the old one's from what was stored with it, which must never be
+/// stale.
+#[tokio::test(start_paused = true)]
+async fn bucket_digests_are_always_those_of_the_held_entries() {
+    let a = store();
+    let b = Store::new(
+        StoreConfig {
+            shards: 3,
+            ..StoreConfig::default()
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "node-b".into()),
+    );
+    let check = |store: &Store, step: &str| {
+        for (bucket, held) in store.digests().into_iter().enumerate() {
+            let fresh = store
+                .bucket_entries(bucket, digest::entry_digest)
+                .into_iter()
+                .fold(0, |all, one| all ^ one);
+            assert_eq!(held, fresh, "bucket {bucket} after {step}");
+        }
+    };
+    for n in 0..40 {
+        let tgt = format!("TGT-{n}");
+        let written = a.put(PutTicket {
+            idle_ms: Some(5_000),
+            ..put(&tgt, 20_000)
+        });
+        for (id, entry) in written.unwrap().changes {
+            b.apply(&id, entry);
+        }
+        a.put(PutTicket {
+            max_uses: 2,
+            ..child(&format!("ST-{n}"), &tgt, 10_000)
+        })
+        .unwrap();
+    }
+    check(&a, "puts");
+    for n in 0..40 {
+        let changes = match n % 5 {
+            0 => a.touch(&format!("TGT-{n}")).unwrap().changes,
+            1 => a.consume(&format!("ST-{n}")).unwrap().changes,
+            2 => {
+                a.consume(&format!("ST-{n}")).unwrap();
+                a.consume(&format!("ST-{n}")).unwrap().changes
+            }
+            3 => {
+                let update = UpdateTicket {
+                    payload: Some(Bytes::from_static(b"other")),
+                    ..UpdateTicket::default()
+                };
+                a.update(&format!("TGT-{n}"), update).unwrap().changes
+            }
+            _ => a.delete(&format!("TGT-{n}")).unwrap().changes,
+        };
+        // The peer merges the newer copies over what it holds.
+        for (id, entry) in changes {
+            b.apply(&id, entry);
+        }
+    }
+    check(&a, "touches, uses, updates and deletes");
+    check(&b, "merges from a peer");
+    // A stale copy merged back changes nothing.
+    let old = a.put(put("TGT-old", 20_000)).unwrap().changes;
+    a.touch("TGT-old").unwrap();
+    for (id, entry) in old {
+        a.apply(&id, entry);
+    }
+    check(&a, "a stale copy");
+    secs(12).await;
+    a.sweep(1_000, Expiry::Tombstone);
+    check(&a, "expiry");
+    secs(30).await;
+    a.sweep(1_000, Expiry::Tombstone);
+    check(&a, "forgetting tombstones");
+}
+
 /// A bucket's entries are exactly the entries of that bucket, whether a shard
 /// holds one bucket (the default), several, or buckets are spread unevenly.
 #[tokio::test(start_paused = true)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::parse_duration;
+use crate::config::{NodeConfig, parse_duration};
 pub use serve::ServeArgs;
 
 /// Process exit codes.
@@ -176,22 +176,22 @@ pub struct ListArgs {
     pub limit: u64,
 }
 
-/// The worker threads `tessera serve` is configured with, read before the
-/// runtime starts. A configuration that does not load or validate gives the
-/// default here; `serve` then reports it and exits.
-fn worker_threads(command: &Command) -> Option<usize> {
-    match command {
-        Command::Serve(args) => args.node_config().ok()?.worker_threads,
-        _ => None,
-    }
-}
-
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `serve`'s settings are read before the runtime starts: they size it. One
+    // that does not load or validate leaves the default; `serve` reports it.
+    let serve_config = match &cli.command {
+        Command::Serve(args) => Some(args.node_config()),
+        _ => None,
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = worker_threads(&cli.command) {
-        builder.worker_threads(threads);
+    if let Some(Ok(NodeConfig {
+        worker_threads: Some(threads),
+        ..
+    })) = &serve_config
+    {
+        builder.worker_threads(*threads);
     }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -209,7 +209,10 @@ pub fn main() -> ExitCode {
                 );
                 Exit::InvalidInput
             }
-            Command::Serve(args) => serve::run(*args).await,
+            Command::Serve(args) => {
+                let config = serve_config.unwrap_or_else(|| args.node_config());
+                serve::run(*args, config).await
+            }
             Command::Health => commands::health(&cli.global).await,
             command => commands::run(&cli.global, command).await,
         }

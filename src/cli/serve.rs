@@ -203,7 +203,8 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-pub async fn run(args: ServeArgs) -> Exit {
+/// Run a node with `config`, as [`ServeArgs::node_config`] resolved it.
+pub async fn run(args: ServeArgs, config: Result<NodeConfig, ConfigError>) -> Exit {
     let filter = match EnvFilter::try_new(&args.log) {
         Ok(filter) => filter,
         Err(e) => {
@@ -217,7 +218,7 @@ pub async fn run(args: ServeArgs) -> Exit {
         // Colour codes only for a person at a terminal, not in container logs.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match args.node_config() {
+    let config = match config {
         Ok(config) => config,
         Err(e) => {
             eprintln!("tessera: {e}");

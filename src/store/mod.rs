@@ -226,16 +226,26 @@ impl Store {
 
     /// A live ticket, or `NotFound`. Records nothing.
     pub fn get(&self, id: &str) -> Result<TicketView, StoreError> {
+        self.read_live(id, |_, inc| TicketView::of(id, inc))
+    }
+
+    /// Read what `read` takes of a live ticket (its own state and every
+    /// ancestor this node holds live), or `NotFound`.
+    fn read_live<T>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&Entry, &crate::entry::Incarnation) -> T,
+    ) -> Result<T, StoreError> {
         ticket::validate_id("id", id)?;
         let now = self.now();
-        let (view, parent) = {
+        let (value, parent) = {
             let shard = self.lock(self.shard_index(id));
             let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
             let inc = live_at(entry, now)?;
-            (TicketView::of(id, inc), inc.identity.parent.clone())
+            (read(entry, inc), inc.identity.parent.clone())
         };
         self.require_ancestors_live(parent, now)?;
-        Ok(view)
+        Ok(value)
     }
 
     /// What deciding a consume or an update reads of a ticket: its uses, its
@@ -243,22 +253,12 @@ impl Store {
     /// [`Store::get`], without building the whole view (a payload copy and half
     /// a dozen strings) to read three fields.
     pub fn decide_state(&self, id: &str) -> Result<DecideState, StoreError> {
-        ticket::validate_id("id", id)?;
-        let now = self.now();
-        let (state, parent) = {
-            let shard = self.lock(self.shard_index(id));
-            let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
-            let inc = live_at(entry, now)?;
-            let state = DecideState {
-                uses: inc.total_uses(),
-                max_uses: inc.identity.max_uses,
-                version: inc.payload.marker.clone(),
-                retain_until_ms: entry.retain_until_ms,
-            };
-            (state, inc.identity.parent.clone())
-        };
-        self.require_ancestors_live(parent, now)?;
-        Ok(state)
+        self.read_live(id, |entry, inc| DecideState {
+            uses: inc.total_uses(),
+            max_uses: inc.identity.max_uses,
+            version: inc.payload.marker.clone(),
+            retain_until_ms: entry.retain_until_ms,
+        })
     }
 
     /// True unless some ancestor this node holds is dead. An ancestor it does not

@@ -135,10 +135,9 @@ impl Shard {
     pub fn replace(
         &mut self,
         id: &Arc<str>,
-        new: Option<Entry>,
+        mut new: Option<Entry>,
         skew_budget_ms: Millis,
     ) -> Option<Millis> {
-        let mut new = new;
         let due = new.as_ref().map(|entry| due_of(entry, skew_budget_ms));
         let bucket = bucket_of(id);
         if let Some(entry) = &mut new {

@@ -710,13 +710,7 @@ async fn digests_agree_exactly_when_contents_agree() {
 #[tokio::test(start_paused = true)]
 async fn bucket_digests_are_always_those_of_the_held_entries() {
     let a = store();
-    let b = Store::new(
-        StoreConfig {
-            shards: 3,
-            ..StoreConfig::default()
-        },
-        HlcClock::new(Clock::starting_at(EPOCH), "node-b".into()),
-    );
+    let b = store_with_shards(3);
     let check = |store: &Store, step: &str| {
         for (bucket, held) in store.digests().into_iter().enumerate() {
             let fresh = store

@@ -315,8 +315,8 @@ pub async fn start_with(
     let store = Arc::new(Store::new(config.store_config(), hlc));
     let replicator = Replicator::new(store.clone(), config.replication_config());
     let workers = Shutdown::new();
-    let fence = replicator.clone();
-    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || fence.clock_fenced());
+    let clocks = replicator.clone();
+    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || clocks.expiry_held());
     let mut worker_tasks = vec![worker::spawn(sweeper, &workers)];
     let mut followers = Vec::new();
     let advertised_api = SocketAddr::new(advertise_ip, api_addr.port());

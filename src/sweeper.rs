@@ -5,9 +5,9 @@
 //! liveness themselves; the sweeper frees memory, keeps counts true and turns
 //! dead tickets into tombstones that cascade to their children.
 //!
-//! While the node's clock is fenced (see `Replicator::clock_fenced`) expiry is
-//! held: tombstones taken on a wrong clock would replicate and kill tickets that
-//! are live elsewhere. Due keys then stay due, so instead of waking for them
+//! While the node's clock is fenced or in doubt (see `Replicator::expiry_held`)
+//! expiry is held: tombstones taken on a wrong clock would replicate and kill
+//! tickets that are live elsewhere. Due keys then stay due, so instead of waking for them
 //! the sweeper re-checks the fence every [`HOLD_RECHECK`].
 
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl Sweeper {
         }
     }
 
-    /// Hold expiry whenever `hold` says so (the node's clock is fenced).
+    /// Hold expiry whenever `hold` says so (the node's clock is not trusted).
     pub fn holding_expiry_while(mut self, hold: impl Fn() -> bool + Send + 'static) -> Sweeper {
         self.hold_expiry = Box::new(hold);
         self

@@ -828,6 +828,50 @@ async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
     cluster.stop_all().await;
 }
 
+/// Two nodes, one 30 s ahead: neither can tell whose clock is wrong, so neither
+/// fences, but both hold expiry. Unheld, the fast node's sweeper tombstoned an
+/// idle session at once (every touch taken on the honest node looks 30 s old
+/// there) and anti-entropy carried the tombstone back, killing the session on
+/// the honest node too. The same window was open on the skewed node of three
+/// until it had heard from its second peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_of_two_a_clock_ahead_kills_no_ticket() {
+    let cluster = Cluster::launch(2, &[0, 30_000]).await;
+    let formed = wait_until(Duration::from_secs(30), || {
+        cluster.running().all(|n| live_ids(n).len() == 2) && cluster.node(0).is_ready()
+    })
+    .await;
+    assert!(formed, "cluster did not form: {}", cluster.describe());
+    let compared = wait_until(Duration::from_secs(10), || {
+        [0, 1].iter().all(|&n| skew_reports(cluster.node(n)) > 0)
+    })
+    .await;
+    assert!(compared, "no skew reported: {}", cluster.describe());
+
+    let a = cluster.client(0).await;
+    let session = "TGT-1-pair";
+    a.put(NewTicket::new(session, TEN_MIN).idle(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    // 6 s of use through the honest node, anti-entropy rounds every 500 ms.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        if let Err(e) = a.touch(session).await {
+            panic!(
+                "{session} died early, {:?} after the put: {e}",
+                start.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for n in [0, 1] {
+        let replicator = cluster.node(n).replicator();
+        assert!(!replicator.clock_fenced(), "node-{n}: a pair only reports");
+        assert!(replicator.expiry_held(), "node-{n} takes expiry decisions");
+    }
+    cluster.stop_all().await;
+}
+
 fn skew_reports(node: &NodeHandle) -> u64 {
     node.replicator()
         .stats

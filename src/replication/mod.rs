@@ -61,6 +61,10 @@ const DECIDER_STRIPES: usize = 1024;
 /// peer that went quiet (or left) stops counting soon, and a fence lifts.
 const SKEW_MEMORY: Duration = Duration::from_secs(10);
 
+/// How often an unchanged clock verdict about a peer is written down again
+/// (a write lock on the view), well inside [`SKEW_MEMORY`].
+const CLOCK_SIGHTING_REFRESH: Duration = Duration::from_secs(1);
+
 /// How many nodes must hold a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteQuorum {
@@ -134,32 +138,74 @@ struct View {
     largest_at: Instant,
     /// Last time a skewed clock was logged, per peer (rate limit).
     skew_logged: Vec<(NodeId, Instant)>,
-    /// Peers whose last frame showed a clock beyond the skew budget, and when
-    /// (tokio's clock, so tests can move it).
-    skewed: HashMap<NodeId, tokio::time::Instant>,
+    /// Each live peer's latest clock reading: whether its frame showed a
+    /// clock beyond the skew budget, and when (tokio's clock, so tests can
+    /// move it).
+    clocks: HashMap<NodeId, ClockSighting>,
     /// Live peers that report not ready (catching up, or fenced) without
     /// draining: they run their own anti-entropy rounds.
     not_ready: HashSet<NodeId>,
 }
 
+/// A peer's latest clock reading, as its frames showed it.
+#[derive(Clone, Copy, Debug)]
+struct ClockSighting {
+    /// Its clock was beyond the skew budget from this node's.
+    beyond: bool,
+    at: tokio::time::Instant,
+}
+
 impl View {
+    /// `peer`'s latest reading within [`SKEW_MEMORY`]: `Some(true)` beyond the
+    /// budget, `Some(false)` within it, `None` not heard from lately.
+    fn clock_of(&self, peer: &NodeId, now: tokio::time::Instant) -> Option<bool> {
+        self.clocks
+            .get(peer)
+            .filter(|sighting| now.duration_since(sighting.at) < SKEW_MEMORY)
+            .map(|sighting| sighting.beyond)
+    }
+
     /// Whether `peer` was seen beyond the skew budget within [`SKEW_MEMORY`].
     fn is_skewed(&self, peer: &NodeId, now: tokio::time::Instant) -> bool {
-        self.skewed
-            .get(peer)
-            .is_some_and(|at| now.duration_since(*at) < SKEW_MEMORY)
+        self.clock_of(peer, now) == Some(true)
+    }
+
+    /// Live peers seen lately beyond the budget, and within it.
+    fn clock_votes(&self, now: tokio::time::Instant) -> (usize, usize) {
+        self.peers
+            .iter()
+            .filter_map(|peer| self.clock_of(peer, now))
+            .fold((0, 0), |(beyond, within), skewed| {
+                if skewed {
+                    (beyond + 1, within)
+                } else {
+                    (beyond, within + 1)
+                }
+            })
     }
 
     /// The majority rule: with at least 2 live peers, more than half of them
     /// skewed means this node's clock is the wrong one. With a single peer
     /// nobody can tell which of the two clocks is wrong: report only.
     fn clock_suspect(&self, now: tokio::time::Instant) -> bool {
-        let skewed = self
-            .peers
-            .iter()
-            .filter(|peer| self.is_skewed(peer, now))
-            .count();
+        let (skewed, _) = self.clock_votes(now);
         self.peers.len() >= 2 && skewed * 2 > self.peers.len()
+    }
+
+    /// Whether this node's clock may be the wrong one: at least as many
+    /// clocks were seen lately beyond the budget as agree with it, its own
+    /// counted among those that agree.
+    /// Weaker than [`View::clock_suspect`], which needs a majority of all live
+    /// peers: a skewed node that has heard from one peer only (just started, or
+    /// its clock just jumped), or one of two nodes whose clocks disagree, can
+    /// not yet tell which clock is wrong. It still serves, but takes no expiry
+    /// decision: a tombstone taken on a wrong clock would spread and kill
+    /// tickets live on every other node, and cannot be taken back; expiry held
+    /// a few seconds costs only memory (reads check liveness themselves).
+    fn clock_in_doubt(&self, now: tokio::time::Instant) -> bool {
+        let (skewed, agreeing) = self.clock_votes(now);
+        // Itself on the agreeing side: skewed >= agreeing + 1.
+        skewed > agreeing
     }
 }
 
@@ -192,7 +238,7 @@ impl Replicator {
                 largest: 1,
                 largest_at: Instant::now(),
                 skew_logged: Vec::new(),
-                skewed: HashMap::new(),
+                clocks: HashMap::new(),
                 not_ready: HashSet::new(),
             }),
             config,
@@ -237,8 +283,8 @@ impl Replicator {
         }
         view.peers.sort();
         view.peers.dedup();
-        let View { peers, skewed, .. } = &mut *view;
-        skewed.retain(|peer, _| peers.binary_search(peer).is_ok());
+        let View { peers, clocks, .. } = &mut *view;
+        clocks.retain(|peer, _| peers.binary_search(peer).is_ok());
         let size = view.peers.len() + 1;
         if size >= view.largest || view.largest_at.elapsed() > LARGEST_SEEN_WINDOW {
             view.largest = size;
@@ -345,6 +391,19 @@ impl Replicator {
             }
         }
         fenced
+    }
+
+    /// Whether expiry must be held now: fenced, or this node's clock is in
+    /// doubt (see [`View::clock_in_doubt`]). The sweeper asks before every
+    /// slice; it is the only place expiry turns tickets into tombstones.
+    pub fn expiry_held(&self) -> bool {
+        if self.clock_fenced() {
+            return true;
+        }
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clock_in_doubt(tokio::time::Instant::now())
     }
 
     // ---- client operations ----
@@ -855,20 +914,21 @@ impl Replicator {
     }
 
     /// Remember whether `from`'s latest frame showed its clock beyond the
-    /// budget, and let a fence follow at once.
+    /// budget, and let a fence follow at once. Frames arrive with every push,
+    /// so an unchanged verdict is written at most once a second.
     fn note_clock(&self, from: &NodeId, beyond: bool) {
-        let known = {
+        let now = tokio::time::Instant::now();
+        let fresh = {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-            view.skewed.contains_key(from)
+            view.clocks.get(from).is_some_and(|sighting| {
+                sighting.beyond == beyond
+                    && now.duration_since(sighting.at) < CLOCK_SIGHTING_REFRESH
+            })
         };
-        if beyond || known {
+        if !fresh {
             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-            if beyond {
-                view.skewed
-                    .insert(from.clone(), tokio::time::Instant::now());
-            } else {
-                view.skewed.remove(from);
-            }
+            view.clocks
+                .insert(from.clone(), ClockSighting { beyond, at: now });
         }
         self.clock_fenced();
     }

@@ -552,6 +552,42 @@ async fn a_fence_lifts_when_skewed_peers_go_quiet_or_leave() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_clock_one_peer_disagrees_with_holds_expiry_before_any_fence() {
+    // The skewed node of three, just started: it has heard one peer so far.
+    let node = node_seeing(&["b", "c"]);
+    assert!(!node.expiry_held(), "nothing seen, nothing in doubt");
+    frames_from(&node, &["b"], -30_000);
+    assert!(!node.clock_fenced(), "one of two is not more than half");
+    assert!(node.expiry_held(), "yet one clock against its own is doubt");
+    frames_from(&node, &["c"], -30_000);
+    assert!(node.clock_fenced());
+    assert!(node.expiry_held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_honest_node_expires_once_a_peer_agrees_with_its_clock() {
+    let node = node_seeing(&["b", "c"]);
+    frames_from(&node, &["c"], 30_000);
+    assert!(node.expiry_held(), "c alone could be the right one");
+    frames_from(&node, &["b"], 200);
+    assert!(!node.expiry_held(), "b and this node against c");
+    tokio::time::sleep(SKEW_MEMORY).await;
+    assert!(!node.expiry_held(), "old sightings expire, both alike");
+    frames_from(&node, &["c"], 30_000);
+    assert!(node.expiry_held(), "b not heard from lately");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_nodes_whose_clocks_disagree_both_hold_expiry() {
+    let node = node_seeing(&["b"]);
+    frames_from(&node, &["b"], 30_000);
+    assert!(!node.clock_fenced(), "report only");
+    assert!(node.expiry_held(), "no tombstone on either clock");
+    node.set_members([]);
+    assert!(!node.expiry_held(), "alone, its own clock decides");
+}
+
+#[tokio::test(start_paused = true)]
 async fn skewed_peers_are_never_arbiters() {
     let node = node_seeing(&["b", "c"]);
     frames_from(&node, &["b"], 30_000);

@@ -84,6 +84,27 @@ impl Cluster {
         cluster
     }
 
+    /// Start one node per clock offset and wait until they see each other, the
+    /// nodes on the true clock (offset 0) are ready, and every node has
+    /// reported a peer's skew (frames have crossed both ways).
+    async fn launch_with_skewed_clocks(clock_offsets_ms: &[i64]) -> Cluster {
+        let size = clock_offsets_ms.len();
+        let honest: Vec<usize> = (0..size).filter(|&n| clock_offsets_ms[n] == 0).collect();
+        let cluster = Cluster::launch(size, clock_offsets_ms).await;
+        let formed = wait_until(Duration::from_secs(30), || {
+            cluster.running().all(|n| live_ids(n).len() == size)
+                && honest.iter().all(|&n| cluster.node(n).is_ready())
+        })
+        .await;
+        assert!(formed, "cluster did not form: {}", cluster.describe());
+        let compared = wait_until(Duration::from_secs(10), || {
+            cluster.running().all(|node| skew_reports(node) > 0)
+        })
+        .await;
+        assert!(compared, "no skew reported: {}", cluster.describe());
+        cluster
+    }
+
     fn config(&self, n: usize) -> NodeConfig {
         NodeConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -707,21 +728,8 @@ async fn garbage_on_the_gossip_port_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
     const AHEAD_MS: i64 = 30_000;
-    let cluster = Cluster::launch(3, &[0, 0, AHEAD_MS]).await;
-    let formed = wait_until(Duration::from_secs(30), || {
-        cluster.running().all(|n| live_ids(n).len() == 3)
-            && cluster.node(0).is_ready()
-            && cluster.node(1).is_ready()
-    })
-    .await;
-    assert!(formed, "cluster did not form: {}", cluster.describe());
-    // Both honest nodes have exchanged frames with the fast one (so it has seen
-    // theirs too); a moment more for its fence to follow.
-    let compared = wait_until(Duration::from_secs(10), || {
-        [0, 1].iter().all(|&n| skew_reports(cluster.node(n)) > 0)
-    })
-    .await;
-    assert!(compared, "no skew reported: {}", cluster.describe());
+    let cluster = Cluster::launch_with_skewed_clocks(&[0, 0, AHEAD_MS]).await;
+    // A moment more for the fast node's fence to follow.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let a = cluster.client(0).await;
@@ -836,17 +844,7 @@ async fn a_node_whose_clock_runs_ahead_fences_itself_and_kills_no_ticket() {
 /// until it had heard from its second peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_of_two_a_clock_ahead_kills_no_ticket() {
-    let cluster = Cluster::launch(2, &[0, 30_000]).await;
-    let formed = wait_until(Duration::from_secs(30), || {
-        cluster.running().all(|n| live_ids(n).len() == 2) && cluster.node(0).is_ready()
-    })
-    .await;
-    assert!(formed, "cluster did not form: {}", cluster.describe());
-    let compared = wait_until(Duration::from_secs(10), || {
-        [0, 1].iter().all(|&n| skew_reports(cluster.node(n)) > 0)
-    })
-    .await;
-    assert!(compared, "no skew reported: {}", cluster.describe());
+    let cluster = Cluster::launch_with_skewed_clocks(&[0, 30_000]).await;
 
     let a = cluster.client(0).await;
     let session = "TGT-1-pair";

@@ -195,6 +195,7 @@ impl View {
     /// Whether this node's clock may be the wrong one: at least as many
     /// clocks were seen lately beyond the budget as agree with it, its own
     /// counted among those that agree.
+    ///
     /// Weaker than [`View::clock_suspect`], which needs a majority of all live
     /// peers: a skewed node that has heard from one peer only (just started, or
     /// its clock just jumped), or one of two nodes whose clocks disagree, can

@@ -7,8 +7,8 @@
 //!
 //! While the node's clock is fenced or in doubt (see `Replicator::expiry_held`)
 //! expiry is held: tombstones taken on a wrong clock would replicate and kill
-//! tickets that are live elsewhere. Due keys then stay due, so instead of waking for them
-//! the sweeper re-checks the fence every [`HOLD_RECHECK`].
+//! tickets that are live elsewhere. Due keys then stay due, so instead of
+//! waking for them the sweeper re-checks every [`HOLD_RECHECK`].
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -197,12 +197,13 @@ impl View {
     /// counted among those that agree.
     ///
     /// Weaker than [`View::clock_suspect`], which needs a majority of all live
-    /// peers: a skewed node that has heard from one peer only (just started, or
-    /// its clock just jumped), or one of two nodes whose clocks disagree, can
-    /// not yet tell which clock is wrong. It still serves, but takes no expiry
-    /// decision: a tombstone taken on a wrong clock would spread and kill
-    /// tickets live on every other node, and cannot be taken back; expiry held
-    /// a few seconds costs only memory (reads check liveness themselves).
+    /// peers skewed (and so implies this): a skewed node that has heard from
+    /// one peer only (just started, or its clock just jumped), or one of two
+    /// nodes whose clocks disagree, can not yet tell which clock is wrong. It
+    /// still serves, but takes no expiry decision: a tombstone taken on a
+    /// wrong clock would spread and kill tickets live on every other node, and
+    /// cannot be taken back; expiry held a few seconds costs only memory
+    /// (reads check liveness themselves).
     fn clock_in_doubt(&self, now: tokio::time::Instant) -> bool {
         let (skewed, agreeing) = self.clock_votes(now);
         // Itself on the agreeing side: skewed >= agreeing + 1.
@@ -394,13 +395,11 @@ impl Replicator {
         fenced
     }
 
-    /// Whether expiry must be held now: fenced, or this node's clock is in
-    /// doubt (see [`View::clock_in_doubt`]). The sweeper asks before every
-    /// slice; it is the only place expiry turns tickets into tombstones.
+    /// Whether expiry must be held now: this node's clock is in doubt (see
+    /// [`View::clock_in_doubt`]), which a fence implies. The sweeper asks
+    /// before every slice; it is the only place expiry turns tickets into
+    /// tombstones.
     pub fn expiry_held(&self) -> bool {
-        if self.clock_fenced() {
-            return true;
-        }
         self.view
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -127,8 +127,8 @@ pub struct SweepReport {
 pub enum Expiry {
     /// Turn them into tombstones (which replicate, and win everywhere).
     Tombstone,
-    /// Leave them: this node's clock is not trusted (fenced or in doubt), and a tombstone
-    /// taken on it would kill tickets that are still live on the honest nodes.
+    /// Leave them: this node's clock is not trusted (fenced or in doubt), and a
+    /// tombstone taken on it would kill tickets still live on the honest nodes.
     /// Reads check liveness themselves, so nothing expired is served meanwhile;
     /// forgetting records past retention goes on (it does not replicate).
     Hold,

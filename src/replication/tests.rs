@@ -16,27 +16,57 @@ const EPOCH: Millis = 1_700_000_000_000;
 struct TestCluster {
     hub: Arc<MemHub>,
     nodes: Vec<Arc<Replicator>>,
+    config: ReplicationConfig,
+    offsets_ms: Vec<i64>,
+}
+
+/// Node `n` of a test cluster: store, replicator and a place on the hub.
+fn start_node(
+    hub: &Arc<MemHub>,
+    n: usize,
+    config: &ReplicationConfig,
+    clock_offset_ms: i64,
+) -> Arc<Replicator> {
+    let node: NodeId = format!("node-{n}").into();
+    let clock = Clock::starting_at(EPOCH).with_offset(clock_offset_ms);
+    let store = Arc::new(Store::new(
+        StoreConfig::default(),
+        HlcClock::new(clock, node.clone()),
+    ));
+    let replicator = Replicator::new(store, config.clone());
+    let network = hub.join(node, replicator.clone());
+    replicator.attach(Arc::new(network));
+    replicator
 }
 
 impl TestCluster {
     fn new(size: usize, config: ReplicationConfig) -> TestCluster {
+        TestCluster::with_clocks(config, &vec![0; size])
+    }
+
+    /// A cluster whose node `n` runs its clock `offsets_ms[n]` ahead.
+    fn with_clocks(config: ReplicationConfig, offsets_ms: &[i64]) -> TestCluster {
         let hub = MemHub::new();
-        let nodes: Vec<Arc<Replicator>> = (0..size)
-            .map(|n| {
-                let node: NodeId = format!("node-{n}").into();
-                let store = Arc::new(Store::new(
-                    StoreConfig::default(),
-                    HlcClock::new(Clock::starting_at(EPOCH), node.clone()),
-                ));
-                let replicator = Replicator::new(store, config.clone());
-                let network = hub.join(node, replicator.clone());
-                replicator.attach(Arc::new(network));
-                replicator
-            })
+        let nodes = offsets_ms
+            .iter()
+            .enumerate()
+            .map(|(n, &offset)| start_node(&hub, n, &config, offset))
             .collect();
-        let cluster = TestCluster { hub, nodes };
-        cluster.set_views(&(0..size).collect::<Vec<_>>());
+        let cluster = TestCluster {
+            hub,
+            nodes,
+            config,
+            offsets_ms: offsets_ms.to_vec(),
+        };
+        cluster.set_views(&(0..offsets_ms.len()).collect::<Vec<_>>());
         cluster
+    }
+
+    /// Node `n` dies (kill -9: everything in memory is gone) and starts again
+    /// with the same id and an empty store. Its view is empty until set.
+    fn restart(&mut self, n: usize) {
+        self.hub.leave(&self.id(n));
+        self.nodes[n] = start_node(&self.hub, n, &self.config, self.offsets_ms[n]);
     }
 
     fn id(&self, n: usize) -> NodeId {
@@ -633,4 +663,84 @@ async fn caught_up_nodes_leave_peers_that_are_catching_up_to_their_own_rounds() 
     );
     node.set_not_ready([]);
     assert_eq!(ids(node.anti_entropy_peers(true)), ["b", "c", "d"]);
+}
+
+// ---- the guarantees under faults (review of 119c1d7) ----
+
+/// The first id (of `prefix-0`, `prefix-1`, ...) whose arbiter, as `node`
+/// sees the cluster, is `arbiter`.
+fn id_ruled_by(cluster: &TestCluster, node: usize, arbiter: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| cluster.nodes[node].arbiter(id) == cluster.id(arbiter))
+        .unwrap()
+}
+
+/// Review #1: a voter that restarts has forgotten its votes, and the stale
+/// side of a healed partition proposes the same use again.
+#[tokio::test]
+async fn a_restarted_voter_never_helps_spend_a_use_twice() {
+    let mut cluster = TestCluster::new(3, ReplicationConfig::default());
+    let id = id_ruled_by(&cluster, 0, 2, "ST-restart");
+    cluster.nodes[0].put(single_use(&id)).await.unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    cluster.nodes[0].consume(&id).await.unwrap();
+    // Node 1 voted for that use; it is killed and starts again, catching up
+    // from node 0 (which holds the tombstone).
+    cluster.restart(1);
+    cluster.set_views(&[0, 1]);
+    cluster.nodes[1].sync_with(&cluster.id(0)).await.unwrap();
+    cluster.heal();
+    // Before node 2's next anti-entropy round, a replay reaches node 2, the
+    // arbiter, which still holds the ticket with no use.
+    let again = cluster.nodes[2].consume(&id).await;
+    assert!(again.is_err(), "a single-use ticket was consumed twice");
+}
+
+/// Review #1, the proposer restarts: it catches up from a stale peer and
+/// proposes a use already spent, from a stale base of its own counter.
+#[tokio::test]
+async fn a_restarted_proposer_with_a_stale_copy_never_spends_a_use_twice() {
+    let mut cluster = TestCluster::new(3, ReplicationConfig::default());
+    let id = id_ruled_by(&cluster, 0, 0, "PT-stale");
+    cluster.nodes[0]
+        .put(PutTicket {
+            max_uses: 2,
+            ..put(&id, 60_000)
+        })
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    cluster.nodes[0].consume(&id).await.unwrap();
+    cluster.nodes[0].consume(&id).await.unwrap();
+    // Node 0 restarts and catches up from node 2, which missed both uses.
+    cluster.restart(0);
+    cluster.hub.heal_all();
+    cluster.hub.cut(&cluster.id(0), &cluster.id(1));
+    cluster.set_views(&[0, 2]);
+    cluster.nodes[0].sync_with(&cluster.id(2)).await.unwrap();
+    cluster.heal();
+    let third = cluster.nodes[0].consume(&id).await;
+    assert!(third.is_err(), "a two-use ticket was used three times");
+}
+
+/// Review #2: a node whose clock runs 30 s ahead forgets each vote at once
+/// and keeps voting.
+#[tokio::test]
+async fn a_clock_fast_voter_never_helps_spend_a_use_twice() {
+    let cluster = TestCluster::with_clocks(ReplicationConfig::default(), &[0, 0, 30_000]);
+    let id = id_ruled_by(&cluster, 0, 0, "ST-fast");
+    cluster.nodes[0].put(single_use(&id)).await.unwrap();
+    cluster.nodes[1].get(&id).await.unwrap();
+    // The data link between the two honest nodes fails; gossip still shows
+    // everyone live.
+    cluster.hub.cut(&cluster.id(0), &cluster.id(1));
+    let first = cluster.nodes[0].consume(&id).await;
+    let second = cluster.nodes[1].consume(&id).await;
+    assert!(
+        first.is_err() || second.is_err(),
+        "both honest nodes spent the one use, each with the fast node's vote"
+    );
 }

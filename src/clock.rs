@@ -101,6 +101,20 @@ impl Stamp {
     }
 }
 
+impl Stamp {
+    /// The stamp a [`Stamp::to_version`] text names, if it is one.
+    pub fn from_version(version: &str) -> Option<Stamp> {
+        let mut parts = version.splitn(3, '.');
+        let wall_ms = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let logical = u32::from_str_radix(parts.next()?, 16).ok()?;
+        let node = parts.next()?;
+        Some(Stamp {
+            hlc: Hlc { wall_ms, logical },
+            node: node.into(),
+        })
+    }
+}
+
 /// Lower-case hex digits of `n` without leading zeros (as `{:x}` writes them).
 fn push_hex(out: &mut String, n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -202,7 +216,10 @@ mod tests {
                 stamp.to_version(),
                 format!("{wall_ms:x}.{logical:x}.node-a")
             );
+            assert_eq!(Stamp::from_version(&stamp.to_version()), Some(stamp));
         }
+        assert_eq!(Stamp::from_version("not a version"), None);
+        assert_eq!(Stamp::from_version("zz.0.node"), None);
     }
 
     #[tokio::test(start_paused = true)]

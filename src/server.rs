@@ -593,8 +593,9 @@ async fn follow_membership(
     }
 }
 
-/// Ready means: not draining, not fenced for its clock, discovery answered, and
-/// caught up with a peer, or alone by design (nothing discovered and an
+/// Ready means: not draining, not fenced for its clock, discovery answered,
+/// votes trusted (twice the skew budget after start in a cluster: see
+/// `replication::votes`, rule R3), and caught up with a peer, or alone by design (nothing discovered and an
 /// expected size of 1). Never a silent cluster of one because discovery failed;
 /// never a node whose clock most peers disagree with (load balancers move its
 /// clients away while it refuses calls).
@@ -616,6 +617,7 @@ async fn report_readiness(
         let ready = !node.draining.load(Ordering::Acquire)
             && !node.replicator.clock_fenced()
             && discovered
+            && node.replicator.votes_trusted()
             && (synced.load(Ordering::Acquire) || alone_by_design);
         node.ready.store(ready, Ordering::Release);
         if last != Some(ready) {

@@ -44,7 +44,7 @@ use crate::peer::{NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{PutTicket, Store, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
-use votes::{Ballot, VoteBook};
+use votes::{Ballot, SlotKey, VoteBook};
 use wire::{
     NodeIds, from_record, from_record_with, hlc_from_wire, hlc_to_wire, stamp_from_wire,
     stamp_to_wire, to_record,
@@ -52,6 +52,9 @@ use wire::{
 
 /// How long the largest membership seen counts towards the expected size.
 const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
+/// How many times a decision is tried again after a voter handed back a copy
+/// that showed the slot taken (each try merges what it learned).
+const DECIDE_ATTEMPTS: usize = 3;
 /// Entries per push message.
 const PUSH_BATCH: usize = 512;
 /// Per-ticket decision locks (striped).
@@ -219,6 +222,9 @@ pub struct Replicator {
     network: OnceLock<Arc<dyn PeerNetwork>>,
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
+    /// From when this node remembers every vote it cast (rule R3 of
+    /// [`votes`]): its start, as votes live in memory.
+    vote_memory_since_ms: AtomicU64,
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
     /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
@@ -231,6 +237,8 @@ pub struct Replicator {
 impl Replicator {
     pub fn new(store: Arc<Store>, config: ReplicationConfig) -> Arc<Replicator> {
         let me = store.hlc().node().clone();
+        let started_ms = store.hlc().clock().now_ms();
+        let budget_ms = config.max_clock_skew.as_millis() as Millis;
         Arc::new(Replicator {
             store,
             me,
@@ -245,7 +253,8 @@ impl Replicator {
             }),
             config,
             network: OnceLock::new(),
-            votes: Mutex::new(VoteBook::default()),
+            votes: Mutex::new(VoteBook::new(budget_ms)),
+            vote_memory_since_ms: AtomicU64::new(started_ms),
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -359,6 +368,32 @@ impl Replicator {
 
     fn network(&self) -> Option<&Arc<dyn PeerNetwork>> {
         self.network.get()
+    }
+
+    fn skew_budget_ms(&self) -> Millis {
+        self.config.max_clock_skew.as_millis() as Millis
+    }
+
+    /// Declare that this node's vote memory covers every vote it cast since
+    /// `since_ms` (rule R3 of [`votes`]): for a node known never to have
+    /// voted before (the test harness's first start).
+    pub fn remember_votes_since(&self, since_ms: Millis) {
+        self.vote_memory_since_ms.store(since_ms, Ordering::Release);
+    }
+
+    /// Incarnations created before this are not voted on here (rule R3).
+    fn votes_cover_from_ms(&self) -> Millis {
+        self.vote_memory_since_ms
+            .load(Ordering::Acquire)
+            .saturating_add(2 * self.skew_budget_ms())
+    }
+
+    /// Whether this node votes on tickets created from now on: twice the skew
+    /// budget after its vote memory began (2 s after start by default), or at
+    /// once when alone by design. A node reports ready only then, so a fleet
+    /// that starts together takes no ticket its nodes could not vote on.
+    pub fn votes_trusted(&self) -> bool {
+        self.expected_size() < 2 || self.store.hlc().clock().now_ms() >= self.votes_cover_from_ms()
     }
 
     /// Whether this node's clock is suspect now: see [`View::clock_suspect`].
@@ -673,24 +708,42 @@ impl Replicator {
         op: decide::Op,
         hand_back: bool,
     ) -> Result<(TicketView, Option<EntryRecord>), StoreError> {
+        // A proposer in doubt of its clock would judge expiry, and stamp its
+        // proposal, on a wrong clock.
+        if self.expiry_held() {
+            return Err(StoreError::Unavailable(CLOCK_IN_DOUBT.to_owned()));
+        }
         let stripe = (self.stripes.hash_one(id) % DECIDER_STRIPES as u64) as usize;
         let _serialized = self.deciders[stripe].lock().await;
-        let current = self
-            .repair_on_miss(id, || self.store.decide_state(id))
-            .await?;
-        let slot = match &op {
-            decide::Op::Consume(_) if current.max_uses == 0 => None,
-            decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),
-            decide::Op::Update(update) => {
-                let version = current.version.to_version();
-                if update.if_version != version {
-                    return Err(StoreError::VersionMismatch { current: version });
+        for attempt in 1..=DECIDE_ATTEMPTS {
+            let current = self
+                .repair_on_miss(id, || self.store.decide_state(id))
+                .await?;
+            let slot = match &op {
+                decide::Op::Consume(_) if current.max_uses == 0 => None,
+                decide::Op::Consume(_) => Some(format!("use:{}", current.uses + 1)),
+                decide::Op::Update(update) => {
+                    let version = current.version.to_version();
+                    if update.if_version != version {
+                        return Err(StoreError::VersionMismatch { current: version });
+                    }
+                    Some(format!("version:{version}"))
                 }
-                Some(format!("version:{version}"))
+            };
+            let Some(slot) = slot else { break };
+            match self.win_slot(id, &current, &slot).await {
+                Ok(()) => break,
+                Err(SlotLoss::Stale(records)) if attempt < DECIDE_ATTEMPTS => {
+                    debug!(ticket = %tag(id), slot, "a voter's copy is newer; deciding again");
+                    self.apply_records(records);
+                }
+                Err(SlotLoss::Stale(_)) => {
+                    return Err(StoreError::Unavailable(
+                        "the ticket kept changing while this node decided; retry".into(),
+                    ));
+                }
+                Err(SlotLoss::Failed(e)) => return Err(e),
             }
-        };
-        if let Some(slot) = slot {
-            self.win_slot(id, &slot, current.retain_until_ms).await?;
         }
         let written = match op {
             decide::Op::Consume(_) => self.store.consume(id)?,
@@ -718,26 +771,41 @@ impl Replicator {
         Ok((view, record))
     }
 
-    /// Gather votes for this node's proposal on (`id`, `slot`) from a majority of
-    /// the expected cluster size, or fail with `Unavailable`.
-    async fn win_slot(&self, id: &str, slot: &str, retain: Millis) -> Result<(), StoreError> {
+    /// Gather votes for this node's proposal on `slot` of the incarnation in
+    /// `current` from a majority of the expected cluster size. This node's
+    /// own vote counts under the same rules as a peer's ([`votes`]).
+    async fn win_slot(
+        &self,
+        id: &str,
+        current: &crate::store::DecideState,
+        slot: &str,
+    ) -> Result<(), SlotLoss> {
         let proposal = self.store.hlc().stamp();
-        let now = self.store.hlc().clock().now_ms();
+        let retain = current.retain_until_ms;
         let majority = self.majority();
-        let mut granted = match self.vote(id, slot, &proposal, retain, now) {
-            Ballot::Granted => 1,
-            Ballot::Refused(_) => {
-                return Err(StoreError::Unavailable(format!(
+        let mut granted = 0;
+        let mut reason = None;
+        match self.accept(id, Some(current.created.clone()), slot, &proposal, retain) {
+            Ok(()) => granted += 1,
+            Err(Refusal::Voted(_)) => {
+                return Err(SlotLoss::Failed(StoreError::Unavailable(format!(
                     "another consume or update of this ticket holds {slot}"
-                )));
+                ))));
             }
-        };
+            Err(Refusal::Taken(entry)) => {
+                return Err(SlotLoss::Stale(vec![to_record(id, &entry)]));
+            }
+            // Not voting here (R3): the others decide.
+            Err(Refusal::Cannot(why)) => reason = Some(why),
+        }
         if granted >= majority {
             return Ok(());
         }
         let peers = self.peers();
         let Some(network) = self.network().cloned() else {
-            return Err(self.no_majority(granted, majority));
+            return Err(SlotLoss::Failed(
+                self.no_majority(granted, majority, reason),
+            ));
         };
         let mut calls: FuturesUnordered<_> = peers
             .iter()
@@ -748,6 +816,7 @@ impl Replicator {
                     slot: slot.to_owned(),
                     proposal: Some(stamp_to_wire(&proposal)),
                     retain_until_ms: retain,
+                    incarnation: Some(stamp_to_wire(&current.created)),
                 });
                 async move { network.call(peer, body).await }
             })
@@ -759,7 +828,14 @@ impl Replicator {
             tokio::select! {
                 reply = calls.next() => match reply {
                     Some(Ok(Body::Vote(vote))) if vote.granted => granted += 1,
-                    Some(Ok(Body::Vote(_))) => refused = true,
+                    // The voter's copy shows the slot taken: whatever the
+                    // others say, this proposal cannot win (a majority took
+                    // the slot, or the ticket is gone).
+                    Some(Ok(Body::Vote(Vote { entry: Some(entry), .. }))) => {
+                        return Err(SlotLoss::Stale(vec![entry]));
+                    }
+                    Some(Ok(Body::Vote(vote))) if vote.voted_for.is_some() => refused = true,
+                    Some(Ok(Body::Vote(vote))) => reason = Some(vote.refusal),
                     Some(_) => {}
                     None => break,
                 },
@@ -769,33 +845,79 @@ impl Replicator {
         if granted >= majority {
             Ok(())
         } else if refused {
-            Err(StoreError::Unavailable(format!(
+            Err(SlotLoss::Failed(StoreError::Unavailable(format!(
                 "another node's consume or update of this ticket holds {slot}"
-            )))
+            ))))
         } else {
-            Err(self.no_majority(granted, majority))
+            Err(SlotLoss::Failed(
+                self.no_majority(granted, majority, reason),
+            ))
         }
     }
 
-    fn no_majority(&self, granted: usize, majority: usize) -> StoreError {
-        StoreError::Unavailable(format!(
-            "cannot decide safely: {granted} of the {majority} votes needed (a majority of the expected cluster size {}) were reached; this side of a partition may not spend uses",
-            self.expected_size()
-        ))
-    }
-
-    fn vote(
+    /// The acceptor: whether this node votes for `proposal` on `slot` of the
+    /// incarnation created at `incarnation` (rules R1 to R5 of [`votes`]).
+    fn accept(
         &self,
         id: &str,
+        incarnation: Option<crate::clock::Stamp>,
         slot: &str,
         proposal: &crate::clock::Stamp,
-        retain: Millis,
-        now: Millis,
-    ) -> Ballot {
-        self.votes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .vote(id, slot, proposal, retain, now)
+        retain_until_ms: Millis,
+    ) -> Result<(), Refusal> {
+        let now = self.store.hlc().clock().now_ms();
+        // R1
+        if self.expiry_held() {
+            return Err(Refusal::Cannot(CLOCK_IN_DOUBT.to_owned()));
+        }
+        // R2
+        if proposal.hlc.wall_ms > now.saturating_add(self.skew_budget_ms()) {
+            return Err(Refusal::Cannot(
+                "the proposal is stamped ahead of the voter's clock by more than the skew budget"
+                    .to_owned(),
+            ));
+        }
+        // A proposer that names no incarnation (an older peer): the one held here.
+        let Some(incarnation) = incarnation.or_else(|| self.store.incarnation_of(id)) else {
+            return Err(Refusal::Cannot(
+                "the voter holds no live copy of the ticket".to_owned(),
+            ));
+        };
+        // R3
+        if self.expected_size() >= 2 && incarnation.hlc.wall_ms < self.votes_cover_from_ms() {
+            return Err(Refusal::Cannot(
+                "the voter started after the ticket was created and keeps no votes from before"
+                    .to_owned(),
+            ));
+        }
+        // R4
+        if let Some(entry) = self
+            .store
+            .shows_taken(id, &incarnation, |inc| slot_taken(inc, slot))
+        {
+            return Err(Refusal::Taken(entry));
+        }
+        // R5
+        let key: SlotKey = (id.to_owned(), Some(incarnation), slot.to_owned());
+        match self.votes.lock().unwrap_or_else(|e| e.into_inner()).vote(
+            key,
+            proposal,
+            retain_until_ms,
+            now,
+        ) {
+            Ballot::Granted => Ok(()),
+            Ballot::Refused(other) => Err(Refusal::Voted(other)),
+        }
+    }
+
+    fn no_majority(&self, granted: usize, majority: usize, refusal: Option<String>) -> StoreError {
+        let refusal = refusal
+            .map(|why| format!(" (a voter refused: {why})"))
+            .unwrap_or_default();
+        StoreError::Unavailable(format!(
+            "cannot decide safely: {granted} of the {majority} votes needed (a majority of the expected cluster size {}) were reached{refusal}; this side of a partition may not spend uses",
+            self.expected_size()
+        ))
     }
 
     // ---- requests from peers ----
@@ -824,24 +946,42 @@ impl Replicator {
                 let Ok(proposal) = stamp_from_wire(propose.proposal, "proposal") else {
                     return error_reply(Code::InvalidArgument, "proposal without a stamp");
                 };
-                let now = self.store.hlc().clock().now_ms();
-                let ballot = self.vote(
-                    &propose.id,
-                    &propose.slot,
-                    &proposal,
-                    propose.retain_until_ms,
-                    now,
-                );
-                Body::Vote(match ballot {
-                    Ballot::Granted => Vote {
-                        granted: true,
-                        voted_for: None,
+                let incarnation = match propose.incarnation {
+                    Some(stamp) => match stamp_from_wire(Some(stamp), "incarnation") {
+                        Ok(stamp) => Some(stamp),
+                        Err(_) => return error_reply(Code::InvalidArgument, "bad incarnation"),
                     },
-                    Ballot::Refused(other) => Vote {
-                        granted: false,
-                        voted_for: Some(stamp_to_wire(&other)),
+                    None => None,
+                };
+                let refused = |refusal: String| Vote {
+                    granted: false,
+                    voted_for: None,
+                    entry: None,
+                    refusal,
+                };
+                Body::Vote(
+                    match self.accept(
+                        &propose.id,
+                        incarnation,
+                        &propose.slot,
+                        &proposal,
+                        propose.retain_until_ms,
+                    ) {
+                        Ok(()) => Vote {
+                            granted: true,
+                            ..refused(String::new())
+                        },
+                        Err(Refusal::Voted(other)) => Vote {
+                            voted_for: Some(stamp_to_wire(&other)),
+                            ..refused("voted for another proposal".to_owned())
+                        },
+                        Err(Refusal::Taken(entry)) => Vote {
+                            entry: Some(to_record(&propose.id, &entry)),
+                            ..refused("the slot is taken in the voter's copy".to_owned())
+                        },
+                        Err(Refusal::Cannot(why)) => refused(why),
                     },
-                })
+                )
             }
             Body::Decide(decide) => {
                 let Some(op) = decide.op else {
@@ -1018,6 +1158,41 @@ fn rendezvous(node: &NodeId, id: &str) -> u64 {
     first.copy_from_slice(&hash.as_bytes()[..8]);
     u64::from_le_bytes(first)
 }
+
+/// Why a proposal did not win a slot.
+enum SlotLoss {
+    /// A voter's copy showed the slot taken: merge these and decide again.
+    Stale(Vec<EntryRecord>),
+    Failed(StoreError),
+}
+
+/// Why this node refuses a proposal (see [`votes`]).
+enum Refusal {
+    /// R1 to R3: it cannot vote on this now.
+    Cannot(String),
+    /// R4: its copy shows the slot taken; handed back to the proposer.
+    Taken(crate::entry::Entry),
+    /// R5: it voted for this other proposal.
+    Voted(crate::clock::Stamp),
+}
+
+/// Whether incarnation `inc` shows `slot` taken: the use already counted, or
+/// the payload replaced by a newer version than the slot's.
+fn slot_taken(inc: &crate::entry::Incarnation, slot: &str) -> bool {
+    if let Some(n) = slot
+        .strip_prefix("use:")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return inc.total_uses() >= n;
+    }
+    slot.strip_prefix("version:")
+        .and_then(crate::clock::Stamp::from_version)
+        .is_some_and(|version| inc.payload.marker > version)
+}
+
+/// How a node whose clock is in doubt refuses, before any work: the `not
+/// ready:` prefix tells clients the call was not acted upon.
+pub const CLOCK_IN_DOUBT: &str = "not ready: this node's clock disagrees with its peers' by more than the skew budget; use another node";
 
 /// How a fenced node refuses. The `fenced:` prefix tells clients the call was
 /// not acted upon, so even a consume may be retried on another node.

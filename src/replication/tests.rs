@@ -50,7 +50,12 @@ impl TestCluster {
         let nodes = offsets_ms
             .iter()
             .enumerate()
-            .map(|(n, &offset)| start_node(&hub, n, &config, offset))
+            .map(|(n, &offset)| {
+                let node = start_node(&hub, n, &config, offset);
+                // A first start: this node has never voted before.
+                node.remember_votes_since(0);
+                node
+            })
             .collect();
         let cluster = TestCluster {
             hub,

@@ -1,29 +1,72 @@
-//! The votes a node has cast for conditional operations.
+//! The votes a node has cast for conditional operations: the acceptor side of
+//! one single-decree consensus per slot.
 //!
-//! A slot is one use of a ticket (`use:3`) or one payload version it may be
-//! replaced from (`version:...`). A node votes for the first proposal it sees
-//! for a slot and only that one; a proposal needs votes from a majority of the
-//! cluster's expected size, and two majorities always share a node, so two
-//! proposals can never both win a slot, whatever the membership views say.
+//! A slot is one use of one incarnation of a ticket (`use:3`) or one payload
+//! version it may be replaced from (`version:...`). A proposal needs votes
+//! from a majority of the cluster's expected size, and two majorities always
+//! share a node, so two proposals can never both win a slot as long as every
+//! node keeps this one promise: **having voted for a proposal on a slot, it
+//! never votes for another proposal on that slot while any node could still
+//! propose it.**
+//!
+//! An acceptor grants a proposal only when all of these hold (checked in this
+//! order by `Replicator::accept`, the book being the last):
+//!
+//! - **R1, fit to vote.** Its clock is not in doubt (a fence implies doubt).
+//! - **R2, proposal on time.** The proposal's stamp is not more than the skew
+//!   budget ahead of its own clock: a proposer's stamps drive when votes are
+//!   forgotten (below), so a fast one must not push that forward.
+//! - **R3, memory covers the slot.** Votes live in memory only, so a node that
+//!   restarted (or a new task standing in for a lost one) has forgotten every
+//!   vote it cast before it started. It votes only for incarnations created at
+//!   least twice the skew budget after its vote memory began: a created stamp
+//!   is at most one budget off real time and so is the memory's start, so such
+//!   an incarnation did not exist when the earlier process could have voted.
+//!   Older tickets are decided by the nodes that remember (any majority of the
+//!   others); a restarted node serves them, but does not vote on them. Alone
+//!   by design (expected size 1) there is nobody to disagree with, and the
+//!   rule does not apply.
+//! - **R4, its copy agrees.** Its own copy does not show the slot taken: a
+//!   tombstone, a newer incarnation, the use already counted or a newer
+//!   payload version. It then refuses and hands its copy back, so the proposer
+//!   merges it and decides again on current state (or finds the ticket gone).
+//! - **R5, the book.** It has not voted for another proposal on the slot.
+//!
+//! A vote is forgotten once the slot's ticket cannot be proposed by any node:
+//! its retention (hard deadline plus the budget) plus one more budget has
+//! passed on the earlier of this node's clock and the latest proposal stamp it
+//! accepted. A node whose clock runs fast therefore does not forget early: the
+//! honest proposers' stamps hold it back (and R1 stops it voting at all once
+//! it hears them). A node whose clock is slow forgets late, which is safe.
+//!
+//! Why a restarted proposer's use counter cannot start from a stale base: it
+//! proposes `use:n` from the uses it holds; if use n was spent, a majority
+//! voted for it and one of them is in any majority it asks (R3 and R5 keep
+//! them honest across restarts), and that one refuses with its copy (R4) or
+//! its vote (R5). So a proposal wins only when the proposer's count is current.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::clock::{Millis, Stamp};
 
-type Slot = (String, String);
+/// (ticket id, created stamp of the incarnation when known, slot).
+pub type SlotKey = (String, Option<Stamp>, String);
 
 /// Most votes past retention forgotten by one vote.
 const FORGET_PER_VOTE: usize = 16;
 
 /// Votes cast by this node, remembered until the ticket's record may be forgotten.
-#[derive(Default)]
 pub struct VoteBook {
-    votes: HashMap<Slot, (Stamp, Millis)>,
+    votes: HashMap<SlotKey, Stamp>,
     /// (forget at, slot), for dropping old votes without a scan.
-    expiry: BTreeSet<(Millis, Slot)>,
+    expiry: BTreeSet<(Millis, SlotKey)>,
+    /// The latest wall clock of a proposal this node accepted (R2 bounds it by
+    /// its own clock plus the budget).
+    latest_proposal_ms: Millis,
+    skew_budget_ms: Millis,
 }
 
-/// The answer to a proposal.
+/// The answer of the book to a proposal (rule R5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ballot {
     Granted,
@@ -32,23 +75,33 @@ pub enum Ballot {
 }
 
 impl VoteBook {
-    /// Vote for `proposal` on (`id`, `slot`) unless another proposal has the vote.
+    pub fn new(skew_budget_ms: Millis) -> VoteBook {
+        VoteBook {
+            votes: HashMap::new(),
+            expiry: BTreeSet::new(),
+            latest_proposal_ms: 0,
+            skew_budget_ms,
+        }
+    }
+
+    /// Vote for `proposal` on `slot` unless another proposal has the vote. The
+    /// caller has checked rules R1 to R4.
     pub fn vote(
         &mut self,
-        id: &str,
-        slot: &str,
+        slot: SlotKey,
         proposal: &Stamp,
         retain_until_ms: Millis,
         now_ms: Millis,
     ) -> Ballot {
-        self.forget_until(now_ms);
-        let key = (id.to_owned(), slot.to_owned());
-        match self.votes.get(&key) {
-            Some((voted, _)) if voted != proposal => Ballot::Refused(voted.clone()),
+        self.latest_proposal_ms = self.latest_proposal_ms.max(proposal.hlc.wall_ms);
+        self.forget_until(now_ms.min(self.latest_proposal_ms));
+        match self.votes.get(&slot) {
+            Some(voted) if voted != proposal => Ballot::Refused(voted.clone()),
             Some(_) => Ballot::Granted,
             None => {
-                self.expiry.insert((retain_until_ms, key.clone()));
-                self.votes.insert(key, (proposal.clone(), retain_until_ms));
+                let forget_at = retain_until_ms.saturating_add(self.skew_budget_ms);
+                self.expiry.insert((forget_at, slot.clone()));
+                self.votes.insert(slot, proposal.clone());
                 Ballot::Granted
             }
         }
@@ -94,39 +147,88 @@ mod tests {
         }
     }
 
+    fn slot(id: &str, slot: &str) -> SlotKey {
+        (id.to_owned(), Some(stamp(0, "creator")), slot.to_owned())
+    }
+
     #[test]
     fn one_proposal_per_slot_until_forgotten() {
-        let mut book = VoteBook::default();
+        let mut book = VoteBook::new(10);
         let a = stamp(1, "a");
         let b = stamp(2, "b");
-        assert_eq!(book.vote("ST-1", "use:1", &a, 100, 0), Ballot::Granted);
         assert_eq!(
-            book.vote("ST-1", "use:1", &a, 100, 0),
+            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
+            Ballot::Granted
+        );
+        assert_eq!(
+            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
             Ballot::Granted,
             "retries"
         );
         assert_eq!(
-            book.vote("ST-1", "use:1", &b, 100, 0),
+            book.vote(slot("ST-1", "use:1"), &b, 100, 0),
             Ballot::Refused(a.clone())
         );
-        assert_eq!(book.vote("ST-1", "use:2", &b, 100, 0), Ballot::Granted);
-        assert_eq!(book.vote("ST-2", "use:1", &b, 100, 0), Ballot::Granted);
+        assert_eq!(
+            book.vote(slot("ST-1", "use:2"), &b, 100, 0),
+            Ballot::Granted
+        );
+        assert_eq!(
+            book.vote(slot("ST-2", "use:1"), &b, 100, 0),
+            Ballot::Granted
+        );
         assert_eq!(book.len(), 3);
-        assert_eq!(book.vote("ST-3", "use:1", &b, 500, 100), Ballot::Granted);
-        assert_eq!(book.len(), 1, "votes past retention are forgotten");
+        let later = stamp(120, "b");
+        assert_eq!(
+            book.vote(slot("ST-3", "use:1"), &later, 500, 120),
+            Ballot::Granted
+        );
+        assert_eq!(
+            book.len(),
+            1,
+            "votes past retention and budget are forgotten"
+        );
+    }
+
+    #[test]
+    fn a_new_incarnation_has_fresh_slots() {
+        let mut book = VoteBook::new(10);
+        let first = ("ST-1".to_owned(), Some(stamp(1, "x")), "use:1".to_owned());
+        let again = ("ST-1".to_owned(), Some(stamp(5, "y")), "use:1".to_owned());
+        assert_eq!(book.vote(first, &stamp(2, "a"), 100, 2), Ballot::Granted);
+        assert_eq!(book.vote(again, &stamp(6, "b"), 100, 6), Ballot::Granted);
+    }
+
+    /// Review #2: a voter whose clock runs far ahead keeps the vote until the
+    /// proposers' stamps, not its own clock, pass the retention.
+    #[test]
+    fn a_fast_clock_alone_forgets_nothing() {
+        let mut book = VoteBook::new(10);
+        let a = stamp(1, "a");
+        assert_eq!(
+            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
+            Ballot::Granted
+        );
+        // Its own clock reads 30 s later; the next proposal is honest.
+        let b = stamp(5, "b");
+        assert_eq!(
+            book.vote(slot("ST-1", "use:1"), &b, 100, 30_000),
+            Ballot::Refused(a)
+        );
     }
 
     #[test]
     fn a_backlog_of_old_votes_is_forgotten_a_few_per_vote() {
-        let mut book = VoteBook::default();
+        let mut book = VoteBook::new(0);
         let a = stamp(1, "a");
         for n in 0..100 {
-            book.vote(&format!("ST-{n}"), "use:1", &a, 100, 0);
+            book.vote(slot(&format!("ST-{n}"), "use:1"), &a, 100, 0);
         }
-        book.vote("ST-new", "use:1", &a, 500, 200);
+        let later = stamp(200, "a");
+        book.vote(slot("ST-new", "use:1"), &later, 500, 200);
         assert_eq!(book.len(), 101 - FORGET_PER_VOTE, "one vote forgets a few");
         for n in 0..10 {
-            book.vote(&format!("ST-later-{n}"), "use:1", &a, 500, 200);
+            book.vote(slot(&format!("ST-later-{n}"), "use:1"), &later, 500, 200);
         }
         assert_eq!(book.len(), 11, "the backlog is gone after a few votes");
     }

@@ -176,6 +176,9 @@ pub struct DecideState {
     /// The stamp of the current payload (its version is `version.to_version()`).
     pub version: Stamp,
     pub retain_until_ms: Millis,
+    /// The created stamp of the live incarnation: votes are kept per
+    /// incarnation.
+    pub created: Stamp,
 }
 
 impl Store {
@@ -258,7 +261,35 @@ impl Store {
             max_uses: inc.identity.max_uses,
             version: inc.payload.marker.clone(),
             retain_until_ms: entry.retain_until_ms,
+            created: inc.created.clone(),
         })
+    }
+
+    /// This node's copy of `id` when it shows a slot of incarnation `created`
+    /// taken (rule R4 of the votes, `replication::votes`): a tombstone, a newer
+    /// incarnation, or the same one where `taken` says so. Liveness by clock is
+    /// not asked: expiry is the proposer's to judge, the slot's fate is not.
+    pub fn shows_taken(
+        &self,
+        id: &str,
+        created: &Stamp,
+        taken: impl FnOnce(&crate::entry::Incarnation) -> bool,
+    ) -> Option<Entry> {
+        let shard = self.lock(self.shard_index(id));
+        let entry = shard.entries.get(id)?;
+        let shows = match entry.live() {
+            None => true,
+            Some(inc) if inc.created > *created => true,
+            Some(inc) => inc.created == *created && taken(inc),
+        };
+        shows.then(|| entry.clone())
+    }
+
+    /// The created stamp of the incarnation this node holds of `id`, if live
+    /// in its copy (for proposals from peers that do not name one).
+    pub fn incarnation_of(&self, id: &str) -> Option<Stamp> {
+        let shard = self.lock(self.shard_index(id));
+        shard.entries.get(id)?.live().map(|inc| inc.created.clone())
     }
 
     /// True unless some ancestor this node holds is dead. An ancestor it does not

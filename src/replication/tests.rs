@@ -749,3 +749,69 @@ async fn a_clock_fast_voter_never_helps_spend_a_use_twice() {
         "both honest nodes spent the one use, each with the fast node's vote"
     );
 }
+
+/// Review #14 (first bullet): votes were kept per (id, slot) across
+/// incarnations, so a ticket replaced after a use could not be consumed
+/// until the old vote's retention passed.
+#[tokio::test]
+async fn a_ticket_put_again_after_a_use_can_be_consumed_again() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    let twice = PutTicket {
+        max_uses: 2,
+        ..put("PT-again", 60_000)
+    };
+    cluster.nodes[0].put(twice.clone()).await.unwrap();
+    cluster.nodes[1].consume("PT-again").await.unwrap();
+    // Replaced while live: a new incarnation, no use spent.
+    cluster.nodes[2].put(twice).await.unwrap();
+    let again = cluster.nodes[0].consume("PT-again").await;
+    assert_eq!(again.map(|t| t.uses).ok(), Some(1));
+}
+
+/// Review #7: with the default quorum and a cluster of three, a node whose
+/// view is empty (just started, gossip false positive) must not acknowledge
+/// a write that only it holds.
+#[tokio::test]
+async fn a_node_that_sees_no_peer_does_not_acknowledge_a_write_alone() {
+    let config = ReplicationConfig {
+        expected_size: 3,
+        ..ReplicationConfig::default()
+    };
+    let cluster = TestCluster::new(3, config);
+    cluster.nodes[0].set_members([]);
+    let put = cluster.nodes[0].put(put("TGT-alone", 60_000)).await;
+    assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+}
+
+/// Review #8: a node 30 s ahead drops every pushed 10 s ticket as past its
+/// retention; its acknowledgement must not count as a copy.
+#[tokio::test]
+async fn an_ack_from_a_node_that_dropped_the_write_does_not_count() {
+    let cluster = TestCluster::with_clocks(ReplicationConfig::default(), &[0, 0, 30_000]);
+    cluster.hub.cut(&cluster.id(0), &cluster.id(1));
+    let put = cluster.nodes[0].put(single_use("ST-dropped")).await;
+    let held = cluster.nodes[2].store().holds("ST-dropped");
+    assert!(
+        put.is_err() || held,
+        "acknowledged with one copy: node 2 acked and holds nothing ({put:?})"
+    );
+}
+
+/// Review #10: a touch counts a use, so on a use-limited ticket it must be
+/// decided like a consume, never on a minority side alone.
+#[tokio::test]
+async fn a_touch_on_the_minority_never_spends_a_use_the_majority_spends() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0]
+        .put(single_use("ST-touched"))
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    let touched = cluster.nodes[2].touch("ST-touched").await;
+    let consumed = cluster.nodes[0].consume("ST-touched").await;
+    assert!(
+        !(touched.is_ok() && consumed.is_ok()),
+        "one use spent twice: by a touch on the minority and a consume on the majority"
+    );
+}

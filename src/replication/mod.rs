@@ -456,9 +456,16 @@ impl Replicator {
         self.repair_on_miss(id, || self.store.get(id)).await
     }
 
+    /// Record a use. On a use-limited ticket a touch spends a use like a
+    /// consume, so it is decided like one (review #10); on unlimited tickets
+    /// it stays a local write.
     pub async fn touch(&self, id: &str) -> Result<TicketView, StoreError> {
         ticket::validate_id("id", id)?;
-        let written = self.repair_on_miss(id, || self.store.touch(id)).await?;
+        let limit = self.repair_on_miss(id, || self.store.use_limit(id)).await?;
+        if limit > 0 {
+            return self.decide(id, decide::Op::Consume(ConsumeOp {})).await;
+        }
+        let written = self.store.touch(id)?;
         self.replicate(written).await
     }
 
@@ -520,7 +527,10 @@ impl Replicator {
         }
         let peers = self.peers();
         let quorum = match self.config.write_quorum {
-            WriteQuorum::Default if peers.is_empty() => 1,
+            // Counted against the cluster this node belongs to, never its
+            // current view: an empty view is a node that has lost its peers
+            // (review #7), not a cluster of one.
+            WriteQuorum::Default if self.expected_size() < 2 => 1,
             WriteQuorum::Default => 2,
             WriteQuorum::Nodes(n) => n,
             WriteQuorum::All => peers.len() + 1,
@@ -925,9 +935,19 @@ impl Replicator {
     async fn handle_request(&self, from: &NodeId, body: Body) -> Body {
         match body {
             Body::Push(push) => {
+                let ids: Vec<String> = push.entries.iter().map(|r| r.id.clone()).collect();
                 let applied = self.apply_records(push.entries);
+                // Held after the merge: a record dropped as bad or past its
+                // retention is no copy (review #8). A node whose clock is in
+                // doubt may have dropped it on a wrong clock: no copy either.
+                let stored = if self.expiry_held() {
+                    0
+                } else {
+                    ids.iter().filter(|id| self.store.holds(id)).count()
+                };
                 Body::PushAck(PushAck {
                     applied: applied as u32,
+                    stored: Some(stored as u32),
                 })
             }
             Body::Fetch(fetch) => {
@@ -1134,8 +1154,23 @@ async fn push_batches(
         let body = Body::Push(Push {
             entries: batch.to_vec(),
         });
+        let sent = batch.len();
         match network.call(peer, body).await? {
-            Body::PushAck(_) => {}
+            // An older peer reports only what it merged.
+            Body::PushAck(PushAck { stored: None, .. }) => {}
+            Body::PushAck(PushAck {
+                stored: Some(stored),
+                ..
+            }) if stored as usize == sent => {}
+            Body::PushAck(PushAck {
+                stored: Some(stored),
+                ..
+            }) => {
+                return Err(PeerError::Protocol(
+                    peer.to_string(),
+                    format!("the peer holds {stored} of the {sent} records pushed"),
+                ));
+            }
             _ => {
                 return Err(PeerError::Protocol(
                     peer.to_string(),

@@ -257,9 +257,11 @@ async fn a_logout_during_a_partition_wins_over_touches_on_the_other_side() {
     cluster.converge().await;
     cluster.isolate(&[2]);
     assert_eq!(cluster.nodes[0].delete("TGT-1").await.unwrap(), 2);
-    // The other side keeps using the session and even grants from it.
-    cluster.nodes[2].touch("TGT-1").await.unwrap();
-    cluster.nodes[2]
+    // The other side keeps using the session and even grants from it. Alone
+    // it reaches no write quorum (review #7): its calls fail, but what they
+    // wrote is kept and spreads at the heal.
+    let _ = cluster.nodes[2].touch("TGT-1").await;
+    let _ = cluster.nodes[2]
         .update(
             "TGT-1",
             UpdateTicket {
@@ -267,15 +269,13 @@ async fn a_logout_during_a_partition_wins_over_touches_on_the_other_side() {
                 ..UpdateTicket::default()
             },
         )
-        .await
-        .unwrap();
-    cluster.nodes[2]
+        .await;
+    let _ = cluster.nodes[2]
         .put(PutTicket {
             parent: Some("TGT-1".into()),
             ..put("ST-9", 10_000)
         })
-        .await
-        .unwrap();
+        .await;
     cluster.heal();
     cluster.converge().await;
     for node in &cluster.nodes {
@@ -352,12 +352,10 @@ async fn anti_entropy_pages_buckets_both_ways() {
             .await
             .unwrap();
     }
-    // Node 2 has tickets of its own that only it can send.
+    // Node 2 has tickets of its own that only it can send (written alone,
+    // so not acknowledged: no write quorum on its side).
     for n in 0..500 {
-        cluster.nodes[2]
-            .put(put(&format!("TGT-{n}"), 60_000))
-            .await
-            .unwrap();
+        let _ = cluster.nodes[2].put(put(&format!("TGT-{n}"), 60_000)).await;
     }
     cluster.heal();
     let report = cluster.nodes[2].sync_with(&cluster.id(0)).await.unwrap();
@@ -500,7 +498,9 @@ async fn a_peer_clock_outside_the_skew_budget_is_reported_and_not_followed() {
     let fast = make("fast", 5_000);
     honest.set_members([(fast.node_id().clone(), false)]);
     fast.set_members([(honest.node_id().clone(), false)]);
-    fast.put(put("ST-1", 60_000)).await.unwrap();
+    // Not acknowledged: the honest node, seeing one clock beyond the budget
+    // and none within, is in doubt, and its copy does not count (review #8).
+    let _ = fast.put(put("ST-1", 60_000)).await;
     assert!(honest.stats.clock_skew_reports.load(Ordering::Relaxed) >= 1);
     let stamp = honest.store().hlc().stamp();
     assert!(

@@ -265,6 +265,12 @@ impl Store {
         })
     }
 
+    /// The ticket's use limit (0 = unlimited), under the liveness rules of
+    /// [`Store::get`]: whether a touch must be decided like a consume.
+    pub fn use_limit(&self, id: &str) -> Result<u32, StoreError> {
+        self.read_live(id, |_, inc| inc.identity.max_uses)
+    }
+
     /// This node's copy of `id` when it shows a slot of incarnation `created`
     /// taken (rule R4 of the votes, `replication::votes`): a tombstone, a newer
     /// incarnation, or the same one where `taken` says so. Liveness by clock is

@@ -815,3 +815,112 @@ async fn a_touch_on_the_minority_never_spends_a_use_the_majority_spends() {
         "one use spent twice: by a touch on the minority and a consume on the majority"
     );
 }
+
+/// Review #4 (first bullet): a node that reaches none of its peers must not
+/// answer "no such ticket" (or delete nothing) for a ticket they hold.
+#[tokio::test]
+async fn a_node_that_reaches_no_peer_does_not_call_a_held_ticket_missing() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    // Node 2 misses the push and reaches nobody, though gossip still shows
+    // everyone live.
+    cluster.hub.cut(&cluster.id(2), &cluster.id(0));
+    cluster.hub.cut(&cluster.id(2), &cluster.id(1));
+    cluster.nodes[0]
+        .put(put("TGT-unseen", 60_000))
+        .await
+        .unwrap();
+    assert!(!cluster.nodes[2].store().holds("TGT-unseen"));
+    let got = cluster.nodes[2].get("TGT-unseen").await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let deleted = cluster.nodes[2].delete("TGT-unseen").await;
+    assert!(
+        matches!(deleted, Err(StoreError::Unavailable(_))),
+        "{deleted:?}"
+    );
+}
+
+/// Review #4 (second bullet): a logout everywhere on a node that never
+/// received the session's push still ends the session.
+#[tokio::test]
+async fn a_logout_everywhere_reaches_sessions_this_node_never_received() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    cluster.nodes[0]
+        .put(PutTicket {
+            principal: Some("alice".into()),
+            ..put("TGT-alice", 60_000)
+        })
+        .await
+        .unwrap();
+    assert!(!cluster.nodes[2].store().holds("TGT-alice"));
+    let ended = cluster.nodes[2].delete_for("alice").await.unwrap();
+    assert_eq!(ended, 1, "the session held by nodes 0 and 1");
+    cluster.hub.heal_all();
+    cluster.converge().await;
+    for node in &cluster.nodes {
+        assert_eq!(node.get("TGT-alice").await, Err(StoreError::NotFound));
+    }
+}
+
+/// Review #4 (second bullet), for delete_all.
+#[tokio::test]
+async fn delete_all_reaches_tickets_this_node_never_received() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    for n in 0..10 {
+        cluster.nodes[0]
+            .put(put(&format!("TGT-all-{n}"), 60_000))
+            .await
+            .unwrap();
+    }
+    assert_eq!(cluster.nodes[2].delete_all().await.unwrap(), 10);
+    cluster.hub.heal_all();
+    cluster.converge().await;
+    for node in &cluster.nodes {
+        assert_eq!(node.store().count().total, 0, "{}", node.node_id());
+    }
+}
+
+/// Review #12: the extra task of a rolling deploy (four live, then the old
+/// one drains and leaves) must not leave the cluster needing three votes:
+/// after the deploy, losing one node keeps consumes available.
+#[tokio::test]
+async fn after_a_rolling_deploy_one_lost_node_keeps_consumes_available() {
+    let cluster = TestCluster::new(4, ReplicationConfig::default());
+    // Node 3 is the old task: it drains, then it is gone.
+    for n in 0..3 {
+        cluster.nodes[n].set_members((0..4).map(|m| (cluster.id(m), m == 3)));
+    }
+    cluster.hub.leave(&cluster.id(3));
+    cluster.set_views(&[0, 1, 2]);
+    // Later, node 2 is lost.
+    cluster.hub.leave(&cluster.id(2));
+    cluster.set_views(&[0, 1]);
+    cluster.nodes[0]
+        .put(single_use("ST-after-deploy"))
+        .await
+        .unwrap();
+    let consumed = cluster.nodes[0].consume("ST-after-deploy").await;
+    assert!(consumed.is_ok(), "{consumed:?}");
+}
+
+/// Review #3: the expected size never shrinks with time: after ten minutes
+/// of a 2 | 1 split, the lone node still counts a majority of three.
+#[tokio::test(start_paused = true)]
+async fn a_long_partition_never_shrinks_the_majority() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.isolate(&[2]);
+    tokio::time::advance(Duration::from_secs(601)).await;
+    // Membership keeps reporting the same views.
+    cluster.isolate(&[2]);
+    assert_eq!(cluster.nodes[2].expected_size(), 3);
+    cluster.nodes[2]
+        .store()
+        .put(single_use("ST-lone"))
+        .expect("kept locally");
+    let consumed = cluster.nodes[2].consume("ST-lone").await;
+    assert!(
+        matches!(&consumed, Err(StoreError::Unavailable(m)) if m.contains("votes")),
+        "{consumed:?}"
+    );
+}

@@ -276,6 +276,19 @@ impl NodeConfig {
                 }
             }
         }
+        // A clustered node counts majorities against this size: left at 1,
+        // each side of a partition would decide alone, and a use could be
+        // spent on both (review #3). ECS reads it from the service instead.
+        if matches!(
+            self.discovery_mode(),
+            DiscoveryMode::Static | DiscoveryMode::Dns
+        ) && self.expected_size.is_none()
+        {
+            return invalid(
+                "expected_size",
+                "a node with static or DNS discovery must be told how many nodes its cluster has (--expected-size N, TESSERA_EXPECTED_SIZE, or expected_size in the config file): majorities are counted against it, so that the two sides of a partition can never both spend a ticket's use; give 1 only for a node that is really alone".into(),
+            );
+        }
         Ok(())
     }
 
@@ -400,6 +413,22 @@ mod tests {
             NodeConfig::default().gossip_listen().port(),
             DEFAULT_GOSSIP_PORT
         );
+    }
+
+    /// Review #3: a clustered node left at expected size 1 would let each side
+    /// of a partition decide alone.
+    #[test]
+    fn static_and_dns_clusters_must_give_their_size() {
+        for toml_text in ["seeds = [\"a:7946\"]", "dns_name = \"tessera.local\""] {
+            let config: NodeConfig = toml::from_str(toml_text).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("expected_size"), "{toml_text}: {err}");
+            let sized = NodeConfig {
+                expected_size: Some(3),
+                ..config
+            };
+            assert!(sized.validate().is_ok(), "{toml_text}");
+        }
     }
 
     #[test]

@@ -367,7 +367,6 @@ pub async fn start_with(
         );
         worker_tasks.push(worker::spawn(discovery_worker, &workers));
         let anti_entropy = AntiEntropy::new(replicator.clone(), config.anti_entropy_interval);
-        let synced = anti_entropy.synced_flag();
         worker_tasks.push(worker::spawn(anti_entropy, &workers));
         followers.push(tokio::spawn(follow_membership(
             parts.membership.clone(),
@@ -378,7 +377,6 @@ pub async fn start_with(
             node.clone(),
             parts.membership.clone(),
             discovery_status,
-            synced,
             health.clone(),
             config.expected_size(),
         )));
@@ -603,7 +601,6 @@ async fn report_readiness(
     node: Arc<NodeInfo>,
     membership: Membership,
     discovery: watch::Receiver<DiscoveryStatus>,
-    synced: Arc<AtomicBool>,
     health: HealthReporter,
     expected_size: usize,
 ) {
@@ -614,11 +611,14 @@ async fn report_readiness(
             && matches!(&*discovery.borrow(), DiscoveryStatus::Found { peers } if peers.is_empty())
             && membership.live_members().len() <= 1;
         let discovered = !matches!(&*discovery.borrow(), DiscoveryStatus::Starting);
+        if alone_by_design {
+            node.replicator.mark_caught_up();
+        }
         let ready = !node.draining.load(Ordering::Acquire)
             && !node.replicator.clock_fenced()
             && discovered
-            && node.replicator.votes_trusted()
-            && (synced.load(Ordering::Acquire) || alone_by_design);
+            && node.replicator.caught_up()
+            && node.replicator.votes_trusted();
         node.ready.store(ready, Ordering::Release);
         if last != Some(ready) {
             membership.set_ready(ready).await;

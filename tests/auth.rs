@@ -28,6 +28,7 @@ fn clustered() -> NodeConfig {
     NodeConfig {
         discovery: Some(DiscoveryMode::Static),
         seeds: vec!["127.0.0.1:9".into()],
+        expected_size: Some(3),
         gossip_listen: Some("127.0.0.1:0".parse().expect("addr")),
         peer_listen: Some("127.0.0.1:0".parse().expect("addr")),
         ..common::config()

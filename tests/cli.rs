@@ -452,6 +452,8 @@ fn serve_with_peers_refuses_to_start_without_an_api_token() {
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--seeds", "127.0.0.1:9"])
         .args([
+            "--expected-size",
+            "3",
             "--gossip-listen",
             "127.0.0.1:0",
             "--peer-listen",
@@ -508,4 +510,20 @@ fn serve_refuses_a_world_readable_api_token_file() {
     let path = private.path().to_str().unwrap();
     let counted = tessera(&node.addr, &["count", "--token-file", path]);
     assert_eq!(code(&counted), 0, "{counted:?}");
+}
+
+/// Review #3: a node given peers must be told its cluster's size, or each side
+/// of a partition could decide alone.
+#[test]
+fn serve_with_peers_refuses_to_start_without_an_expected_size() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--seeds", "127.0.0.1:9"])
+        .env_remove("TESSERA_EXPECTED_SIZE")
+        .env_remove("TESSERA_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("expected_size"), "{stderr}");
+    assert!(stderr.contains("--expected-size"), "{stderr}");
 }

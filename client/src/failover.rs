@@ -71,9 +71,11 @@ pub(crate) fn never_reached_server(status: &Status) -> bool {
 }
 
 /// Message prefixes of the `UNAVAILABLE` refusals a node gives before touching
-/// any ticket: `draining` (it is shutting down) and `fenced` (its clock
-/// disagrees with most of its peers, so it takes no decision at all).
-const UNACTED_PREFIXES: [&str; 2] = ["draining", "fenced"];
+/// any ticket: `draining` (it is shutting down), `fenced` (its clock
+/// disagrees with most of its peers, so it takes no decision at all) and
+/// `not ready` (it has not caught up with its cluster, or its clock is in
+/// doubt).
+const UNACTED_PREFIXES: [&str; 3] = ["draining", "fenced", "not ready"];
 
 /// The node refused the call before acting on it (see [`UNACTED_PREFIXES`]):
 /// another node may do it, even when the call is not idempotent.
@@ -182,8 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn other_unavailable_fails_over_only_when_idempotent() {
+    fn not_ready_fails_over_for_every_call() {
         let status = Status::unavailable("not ready: still joining");
+        assert_eq!(both(Failure::Status(status)), (true, true));
+    }
+
+    #[test]
+    fn other_unavailable_fails_over_only_when_idempotent() {
+        let status = Status::unavailable("ready soon");
         assert_eq!(both(Failure::Status(status)), (true, false));
         let status = Status::unavailable("dra");
         assert_eq!(both(Failure::Status(status)), (true, false));

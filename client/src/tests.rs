@@ -429,13 +429,13 @@ async fn consume_fails_over_from_a_draining_or_fenced_node() {
 
 #[tokio::test]
 async fn consume_is_not_repeated_after_an_ambiguous_unavailable() {
-    let (busy, _) = spawn("busy", Mode::Fail(Code::Unavailable, "not ready")).await;
+    let (busy, _) = spawn("busy", Mode::Fail(Code::Unavailable, "arbiter timed out")).await;
     let (live, stats) = spawn("live", Mode::Serve).await;
 
     let client_a = client(&[&busy, &live], SECOND).await;
     match client_a.consume("ST-1").await {
         Err(Error::Unavailable(m)) => {
-            assert!(m.contains("not ready"), "{m}");
+            assert!(m.contains("arbiter timed out"), "{m}");
             assert!(m.contains(&busy), "names the node: {m}");
         }
         other => panic!("expected Unavailable, got {other:?}"),

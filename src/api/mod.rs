@@ -93,6 +93,11 @@ impl TicketApi {
             ));
         }
         self.clock_trusted()?;
+        // Not found its cluster yet: acting alone could miss a delete, a use
+        // or an acknowledged write the others hold (review #4, #7, #11).
+        if !self.node.ready.load(Ordering::Acquire) {
+            return Err(Status::unavailable(NOT_READY));
+        }
         Ok(&self.node.replicator)
     }
 
@@ -106,6 +111,10 @@ impl TicketApi {
         }
     }
 }
+
+/// How a node that is not ready refuses, before any work: the `not ready:`
+/// prefix tells clients the call was not acted upon.
+pub const NOT_READY: &str = "not ready: this node has not caught up with its cluster yet (discovery, catch-up, or its clock); use another node";
 
 /// The ticket calls, each answered the same whether it came as its own RPC or
 /// inside a [`TicketStore::batch`].

@@ -5,7 +5,7 @@
 //! reports ready.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -102,7 +102,10 @@ impl Replicator {
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(report),
+            None => {
+                self.note_synced(peer);
+                Ok(report)
+            }
         }
     }
 
@@ -171,8 +174,6 @@ pub struct AntiEntropy {
     interval: Duration,
     /// Round-robin position over the live peers.
     next_peer: usize,
-    /// Set once a full sync with some peer succeeded (or there was no peer).
-    synced: Arc<AtomicBool>,
     rounds: Arc<AtomicU64>,
 }
 
@@ -182,14 +183,8 @@ impl AntiEntropy {
             replicator,
             interval,
             next_peer: 0,
-            synced: Arc::new(AtomicBool::new(false)),
             rounds: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// True once this node has caught up with a peer at least once.
-    pub fn synced_flag(&self) -> Arc<AtomicBool> {
-        self.synced.clone()
     }
 
     /// Completed sync rounds (for tests and metrics).
@@ -204,7 +199,7 @@ impl Worker for AntiEntropy {
     }
 
     async fn work(&mut self) -> WorkerState {
-        let caught_up = self.synced.load(Ordering::Acquire);
+        let caught_up = self.replicator.caught_up();
         let peers = self.replicator.anti_entropy_peers(caught_up);
         if peers.is_empty() {
             return WorkerState::Idle;
@@ -222,9 +217,6 @@ impl Worker for AntiEntropy {
                         "anti-entropy repaired differences"
                     );
                 }
-                if !self.synced.swap(true, Ordering::AcqRel) {
-                    info!(peer = %peer, "caught up with the cluster");
-                }
                 self.rounds.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => debug!(peer = %peer, error = %e, "anti-entropy round failed"),
@@ -236,7 +228,7 @@ impl Worker for AntiEntropy {
         // ±25% jitter so a fleet does not sync in lockstep.
         let jitter = (rand_fraction() - 0.5) * 0.5;
         let wait = self.interval.mul_f64(1.0 + jitter);
-        if self.synced.load(Ordering::Acquire) {
+        if self.replicator.caught_up() {
             tokio::time::sleep(wait).await;
         } else {
             // Not caught up yet: retry soon.

@@ -32,8 +32,8 @@ use futures::stream::FuturesUnordered;
 use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{
-    BucketDigests, ConsumeOp, Decide, Decided, Entries, EntryRecord, ErrorReply, Fetch,
-    Hlc as WireHlc, Propose, Push, PushAck, UpdateOp, Vote, decide,
+    BucketDigests, ConsumeOp, Decide, Decided, DeleteMatching, DeletedMatching, Entries,
+    EntryRecord, ErrorReply, Fetch, Hlc as WireHlc, Propose, Push, PushAck, UpdateOp, Vote, decide,
 };
 use tonic::Code;
 use tracing::{debug, error, info, warn};
@@ -55,6 +55,8 @@ const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
 /// How many times a decision is tried again after a voter handed back a copy
 /// that showed the slot taken (each try merges what it learned).
 const DECIDE_ATTEMPTS: usize = 3;
+/// `votes_from_ms` before this node has caught up.
+const NOT_CAUGHT_UP: Millis = Millis::MAX;
 /// Entries per push message.
 const PUSH_BATCH: usize = 512;
 /// Per-ticket decision locks (striped).
@@ -223,8 +225,11 @@ pub struct Replicator {
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
     /// From when this node remembers every vote it cast (rule R3 of
-    /// [`votes`]): its start, as votes live in memory.
-    vote_memory_since_ms: AtomicU64,
+    /// [`votes`]): the moment it first caught up with its cluster, as votes
+    /// live in memory. `NOT_CAUGHT_UP` until then.
+    votes_from_ms: AtomicU64,
+    /// Peers a full sync succeeded with, until caught up.
+    synced_with: Mutex<HashSet<NodeId>>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
     /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
@@ -237,7 +242,6 @@ pub struct Replicator {
 impl Replicator {
     pub fn new(store: Arc<Store>, config: ReplicationConfig) -> Arc<Replicator> {
         let me = store.hlc().node().clone();
-        let started_ms = store.hlc().clock().now_ms();
         let budget_ms = config.max_clock_skew.as_millis() as Millis;
         Arc::new(Replicator {
             store,
@@ -254,7 +258,8 @@ impl Replicator {
             config,
             network: OnceLock::new(),
             votes: Mutex::new(VoteBook::new(budget_ms)),
-            vote_memory_since_ms: AtomicU64::new(started_ms),
+            votes_from_ms: AtomicU64::new(NOT_CAUGHT_UP),
+            synced_with: Mutex::new(HashSet::new()),
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -374,26 +379,69 @@ impl Replicator {
         self.config.max_clock_skew.as_millis() as Millis
     }
 
-    /// Declare that this node's vote memory covers every vote it cast since
-    /// `since_ms` (rule R3 of [`votes`]): for a node known never to have
-    /// voted before (the test harness's first start).
+    /// Declare this node caught up, its vote memory covering every vote it
+    /// cast since `since_ms` (rule R3 of [`votes`]): for a node known never to
+    /// have voted before (the test harness's first start).
     pub fn remember_votes_since(&self, since_ms: Millis) {
-        self.vote_memory_since_ms.store(since_ms, Ordering::Release);
+        self.votes_from_ms.store(since_ms, Ordering::Release);
+    }
+
+    /// Whether this node has caught up with its cluster: a full sync with a
+    /// peer that is itself ready, or with every other node of the expected
+    /// size (nodes that start together), or alone by design
+    /// ([`Replicator::mark_caught_up`]). Two nodes that restart together
+    /// cannot vouch for each other while a third holds the data (review #11).
+    pub fn caught_up(&self) -> bool {
+        self.votes_from_ms.load(Ordering::Acquire) != NOT_CAUGHT_UP
+    }
+
+    /// This node holds what its cluster holds, from now on (once; later calls
+    /// keep the first time).
+    pub fn mark_caught_up(&self) {
+        let now = self.store.hlc().clock().now_ms();
+        if self
+            .votes_from_ms
+            .compare_exchange(NOT_CAUGHT_UP, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            info!("caught up with the cluster");
+        }
+    }
+
+    /// A full sync with `peer` succeeded: caught up if `peer` is ready, or
+    /// once every other node of the expected size has been synced with.
+    pub(crate) fn note_synced(&self, peer: &NodeId) {
+        if self.caught_up() {
+            return;
+        }
+        let peer_ready = {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            view.peers.contains(peer) && !view.not_ready.contains(peer)
+        };
+        let synced = {
+            let mut synced = self.synced_with.lock().unwrap_or_else(|e| e.into_inner());
+            synced.insert(peer.clone());
+            synced.len()
+        };
+        if peer_ready || synced + 1 >= self.expected_size() {
+            self.mark_caught_up();
+        }
     }
 
     /// Incarnations created before this are not voted on here (rule R3).
     fn votes_cover_from_ms(&self) -> Millis {
-        self.vote_memory_since_ms
+        self.votes_from_ms
             .load(Ordering::Acquire)
             .saturating_add(2 * self.skew_budget_ms())
     }
 
     /// Whether this node votes on tickets created from now on: twice the skew
-    /// budget after its vote memory began (2 s after start by default), or at
-    /// once when alone by design. A node reports ready only then, so a fleet
-    /// that starts together takes no ticket its nodes could not vote on.
+    /// budget after it caught up (2 s by default), or at once when alone by
+    /// design. A node reports ready only then, so a fleet that starts together
+    /// takes no ticket its nodes could not vote on.
     pub fn votes_trusted(&self) -> bool {
-        self.expected_size() < 2 || self.store.hlc().clock().now_ms() >= self.votes_cover_from_ms()
+        self.expected_size() < 2
+            || (self.caught_up() && self.store.hlc().clock().now_ms() >= self.votes_cover_from_ms())
     }
 
     /// Whether this node's clock is suspect now: see [`View::clock_suspect`].
@@ -471,22 +519,93 @@ impl Replicator {
 
     pub async fn delete(&self, id: &str) -> Result<u64, StoreError> {
         ticket::validate_id("id", id)?;
-        self.read_repair(id).await;
+        let answered = self.read_repair(id).await;
+        if !self.store.holds(id) && answered < self.answers_to_rule_out() {
+            return Err(self.holders_unreachable(answered));
+        }
         let written = self.store.delete(id)?;
         self.replicate(written).await
     }
 
+    /// Delete every ticket, on every node (see [`Replicator::delete_for`]).
     pub async fn delete_all(&self) -> Result<u64, StoreError> {
-        let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || store.delete_all())
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("delete_all failed: {e}")))?;
+        self.delete_everywhere(None).await
+    }
+
+    /// Logout everywhere: every ticket of `principal`, on every node, not
+    /// only those this node holds (review #4): a session acknowledged by two
+    /// other nodes may not have reached this one yet.
+    pub async fn delete_for(&self, principal: &str) -> Result<u64, StoreError> {
+        ticket::validate_principal(principal)?;
+        self.delete_everywhere(Some(principal.to_owned())).await
+    }
+
+    /// Ask every live peer to delete what matches and replicate its
+    /// tombstones, then delete here. Returns the most tickets any node
+    /// deleted (each holds every ticket it has heard of). Fails, after
+    /// deleting what it could, unless enough peers answered that no ticket
+    /// acknowledged by the write quorum can have been missed.
+    async fn delete_everywhere(&self, principal: Option<String>) -> Result<u64, StoreError> {
+        let mut answered = 0;
+        let mut most = 0;
+        if let Some(network) = self.network().cloned() {
+            let mut calls: FuturesUnordered<_> = self
+                .peers()
+                .into_iter()
+                .map(|peer| {
+                    let network = network.clone();
+                    let body = Body::DeleteMatching(DeleteMatching {
+                        principal: principal.clone(),
+                    });
+                    async move { network.call(&peer, body).await }
+                })
+                .collect();
+            while let Some(reply) = calls.next().await {
+                match reply {
+                    Ok(Body::DeletedMatching(deleted)) => {
+                        answered += 1;
+                        most = most.max(deleted.deleted);
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "a peer did not take part in a delete"),
+                }
+            }
+        }
+        let here = self.delete_matching_here(principal).await?;
+        if answered < self.answers_to_rule_out() {
+            return Err(self.holders_unreachable(answered));
+        }
+        Ok(most.max(here))
+    }
+
+    /// Delete what matches among the tickets this node holds, and replicate.
+    async fn delete_matching_here(&self, principal: Option<String>) -> Result<u64, StoreError> {
+        let written = match principal {
+            Some(principal) => self.store.delete_for(&principal)?,
+            None => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.delete_all())
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("delete_all failed: {e}")))?
+            }
+        };
         self.replicate(written).await
     }
 
-    pub async fn delete_for(&self, principal: &str) -> Result<u64, StoreError> {
-        let written = self.store.delete_for(principal)?;
-        self.replicate(written).await
+    /// Peers that must answer "not held" before this node may say a ticket
+    /// it does not hold does not exist: an acknowledged write is on
+    /// `write quorum` nodes, none of them this one, so hearing from all but
+    /// `write quorum - 1` of the others reaches at least one of them.
+    fn answers_to_rule_out(&self) -> usize {
+        let expected = self.expected_size();
+        expected.saturating_sub(self.write_quorum_nodes(expected))
+    }
+
+    fn holders_unreachable(&self, answered: usize) -> StoreError {
+        StoreError::Unavailable(format!(
+            "only {answered} of the {} peers needed to rule out a ticket held elsewhere answered; retry",
+            self.answers_to_rule_out()
+        ))
     }
 
     /// Record one use, decided by the ticket's arbiter.
@@ -517,6 +636,19 @@ impl Replicator {
 
     // ---- replication of writes ----
 
+    /// Nodes that must hold a write before it is acknowledged, in a cluster
+    /// of `expected` nodes. Counted against the cluster this node belongs to,
+    /// never its current view: an empty view is a node that has lost its
+    /// peers (review #7), not a cluster of one.
+    fn write_quorum_nodes(&self, expected: usize) -> usize {
+        match self.config.write_quorum {
+            WriteQuorum::Default if expected < 2 => 1,
+            WriteQuorum::Default => 2,
+            WriteQuorum::Nodes(n) => n,
+            WriteQuorum::All => expected,
+        }
+    }
+
     /// Push a write's changes to every live peer; return once `write_quorum`
     /// nodes (this one included) hold them. Slow peers keep receiving in the
     /// background.
@@ -527,13 +659,8 @@ impl Replicator {
         }
         let peers = self.peers();
         let quorum = match self.config.write_quorum {
-            // Counted against the cluster this node belongs to, never its
-            // current view: an empty view is a node that has lost its peers
-            // (review #7), not a cluster of one.
-            WriteQuorum::Default if self.expected_size() < 2 => 1,
-            WriteQuorum::Default => 2,
-            WriteQuorum::Nodes(n) => n,
             WriteQuorum::All => peers.len() + 1,
+            _ => self.write_quorum_nodes(self.expected_size()),
         };
         let needed = quorum.saturating_sub(1);
         let network = match self.network() {
@@ -593,25 +720,37 @@ impl Replicator {
     ) -> Result<T, StoreError> {
         match op() {
             Err(StoreError::NotFound) if !self.store.holds(id) => {
-                self.read_repair(id).await;
-                op()
+                let answered = self.read_repair(id).await;
+                match op() {
+                    // Nobody that could hold it answered: "not found" would
+                    // log a user out, or hide a live ticket (review #4).
+                    Err(StoreError::NotFound)
+                        if !self.store.holds(id) && answered < self.answers_to_rule_out() =>
+                    {
+                        Err(self.holders_unreachable(answered))
+                    }
+                    outcome => outcome,
+                }
             }
             outcome => outcome,
         }
     }
 
-    /// On a local miss, ask every live peer for the id and merge what they hold.
-    async fn read_repair(&self, id: &str) {
+    /// On a local miss, ask every live peer for the id and merge what they
+    /// hold. Returns how many peers answered (`usize::MAX` when this node
+    /// holds the id and asked nobody).
+    async fn read_repair(&self, id: &str) -> usize {
         if self.store.holds(id) {
-            return;
+            return usize::MAX;
         }
         let Some(network) = self.network().cloned() else {
-            return;
+            return 0;
         };
         let peers = self.peers();
         if peers.is_empty() {
-            return;
+            return 0;
         }
+        let mut answered = 0;
         let mut calls: FuturesUnordered<_> = peers
             .iter()
             .map(|peer| {
@@ -628,6 +767,7 @@ impl Replicator {
             tokio::select! {
                 reply = calls.next() => match reply {
                     Some(Ok(Body::Entries(entries))) => {
+                        answered += 1;
                         let found = !entries.entries.is_empty();
                         self.apply_records(entries.entries);
                         if found {
@@ -640,6 +780,7 @@ impl Replicator {
                 _ = &mut deadline => break,
             }
         }
+        answered
     }
 
     /// Merge records received from a peer, in one bulk merge; returns how many
@@ -876,9 +1017,15 @@ impl Replicator {
         retain_until_ms: Millis,
     ) -> Result<(), Refusal> {
         let now = self.store.hlc().clock().now_ms();
+        let clustered = self.expected_size() >= 2;
         // R1
         if self.expiry_held() {
             return Err(Refusal::Cannot(CLOCK_IN_DOUBT.to_owned()));
+        }
+        if clustered && !self.caught_up() {
+            return Err(Refusal::Cannot(
+                "the voter has not caught up with its cluster yet".to_owned(),
+            ));
         }
         // R2
         if proposal.hlc.wall_ms > now.saturating_add(self.skew_budget_ms()) {
@@ -894,7 +1041,7 @@ impl Replicator {
             ));
         };
         // R3
-        if self.expected_size() >= 2 && incarnation.hlc.wall_ms < self.votes_cover_from_ms() {
+        if clustered && incarnation.hlc.wall_ms < self.votes_cover_from_ms() {
             return Err(Refusal::Cannot(
                 "the voter started after the ticket was created and keeps no votes from before"
                     .to_owned(),
@@ -1068,6 +1215,17 @@ impl Replicator {
                     ),
                 };
                 Body::Entries(Entries { entries, more })
+            }
+            Body::DeleteMatching(matching) => {
+                if let Some(principal) = &matching.principal
+                    && let Err(e) = ticket::validate_principal(principal)
+                {
+                    return error_reply(Code::InvalidArgument, &e.to_string());
+                }
+                match self.delete_matching_here(matching.principal).await {
+                    Ok(deleted) => Body::DeletedMatching(DeletedMatching { deleted }),
+                    Err(e) => error_reply(Code::Unavailable, &e.to_string()),
+                }
             }
             _ => error_reply(Code::Unimplemented, "not a request"),
         }

@@ -12,16 +12,21 @@
 //! An acceptor grants a proposal only when all of these hold (checked in this
 //! order by `Replicator::accept`, the book being the last):
 //!
-//! - **R1, fit to vote.** Its clock is not in doubt (a fence implies doubt).
+//! - **R1, fit to vote.** Its clock is not in doubt (a fence implies doubt),
+//!   and it has caught up with its cluster.
 //! - **R2, proposal on time.** The proposal's stamp is not more than the skew
 //!   budget ahead of its own clock: a proposer's stamps drive when votes are
 //!   forgotten (below), so a fast one must not push that forward.
 //! - **R3, memory covers the slot.** Votes live in memory only, so a node that
 //!   restarted (or a new task standing in for a lost one) has forgotten every
-//!   vote it cast before it started. It votes only for incarnations created at
-//!   least twice the skew budget after its vote memory began: a created stamp
-//!   is at most one budget off real time and so is the memory's start, so such
-//!   an incarnation did not exist when the earlier process could have voted.
+//!   vote it cast before it started. Its memory counts from the moment it
+//!   first caught up with its cluster (after its start, and after its peers
+//!   could see it), and it votes only for incarnations created at least twice
+//!   the skew budget after that: a created stamp is at most one budget off
+//!   real time and so is the memory's start, so such an incarnation did not
+//!   exist when an earlier process of this node could have voted, nor when
+//!   a decision could have been taken by a majority this node was not yet
+//!   counted in.
 //!   Older tickets are decided by the nodes that remember (any majority of the
 //!   others); a restarted node serves them, but does not vote on them. Alone
 //!   by design (expected size 1) there is nobody to disagree with, and the

@@ -140,7 +140,7 @@ struct View {
     /// Live peers that are leaving: not arbiters any more.
     draining: HashSet<NodeId>,
     largest: usize,
-    largest_at: Instant,
+    largest_at: tokio::time::Instant,
     /// Last time a skewed clock was logged, per peer (rate limit).
     skew_logged: Vec<(NodeId, Instant)>,
     /// Each live peer's latest clock reading: whether its frame showed a
@@ -250,7 +250,7 @@ impl Replicator {
                 peers: Vec::new(),
                 draining: HashSet::new(),
                 largest: 1,
-                largest_at: Instant::now(),
+                largest_at: tokio::time::Instant::now(),
                 skew_logged: Vec::new(),
                 clocks: HashMap::new(),
                 not_ready: HashSet::new(),
@@ -304,7 +304,7 @@ impl Replicator {
         let size = view.peers.len() + 1;
         if size >= view.largest || view.largest_at.elapsed() > LARGEST_SEEN_WINDOW {
             view.largest = size;
-            view.largest_at = Instant::now();
+            view.largest_at = tokio::time::Instant::now();
         }
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tessera_proto::v1::ticket_store_server::TicketStoreServer;
@@ -179,6 +179,7 @@ impl NodeHandle {
     /// lives on the other nodes, so nothing is lost.
     pub async fn stop(mut self) -> Result<(), ServerError> {
         self.node.draining.store(true, Ordering::Release);
+        self.node.replicator.start_draining();
         self.node.ready.store(false, Ordering::Release);
         if let Some(cluster) = &self.cluster {
             cluster.membership.set_draining().await;
@@ -287,9 +288,12 @@ pub async fn start_with(
     }
     // Before anything binds or counts majorities: ECS discovery may fill in
     // the advertised address and the expected size.
-    let discovery = match config.is_clustered() {
-        true => Some(discovery_for(&mut config).await?),
-        false => None,
+    let (discovery, service_size) = match config.is_clustered() {
+        true => {
+            let (discovery, service_size) = discovery_for(&mut config).await?;
+            (Some(discovery), service_size)
+        }
+        false => (None, None),
     };
     let incoming = TcpIncoming::bind(config.listen)
         .map_err(|source| ServerError::Bind {
@@ -314,6 +318,9 @@ pub async fn start_with(
     let hlc = HlcClock::new(clock, config.node_id.as_str().into());
     let store = Arc::new(Store::new(config.store_config(), hlc));
     let replicator = Replicator::new(store.clone(), config.replication_config());
+    if let Some(size) = service_size {
+        replicator.follow_service_size(size);
+    }
     let workers = Shutdown::new();
     let clocks = replicator.clone();
     let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || clocks.expiry_held());
@@ -509,13 +516,19 @@ async fn start_cluster(
 /// The discovery provider of a clustered node. ECS discovery first reads the
 /// node's own task, which also supplies the advertised address (the task's
 /// IPv4) and the expected size (the service's desiredCount) when neither is
-/// set.
-async fn discovery_for(config: &mut NodeConfig) -> Result<Arc<dyn Discovery>, ServerError> {
+/// set; that desiredCount is then read again every discovery round (the
+/// returned handle), so majorities follow the service's size.
+async fn discovery_for(
+    config: &mut NodeConfig,
+) -> Result<(Arc<dyn Discovery>, Option<Arc<AtomicUsize>>), ServerError> {
     Ok(match config.discovery_mode() {
-        DiscoveryMode::Dns => Arc::new(DnsDiscovery::new(
-            config.dns_name.clone().unwrap_or_default(),
-            config.gossip_listen().port(),
-        )),
+        DiscoveryMode::Dns => (
+            Arc::new(DnsDiscovery::new(
+                config.dns_name.clone().unwrap_or_default(),
+                config.gossip_listen().port(),
+            )),
+            None,
+        ),
         #[cfg(feature = "ecs")]
         DiscoveryMode::Ecs => {
             use crate::discovery::ecs::{EcsDiscovery, EcsSettings};
@@ -537,9 +550,10 @@ async fn discovery_for(config: &mut NodeConfig) -> Result<Arc<dyn Discovery>, Se
                 );
                 config.expected_size = Some(count.clamp(1, 1024));
             }
-            Arc::new(start.discovery)
+            let service_size = start.discovery.desired_count_handle();
+            (Arc::new(start.discovery), service_size)
         }
-        _ => Arc::new(StaticDiscovery::new(config.seeds.clone())?),
+        _ => (Arc::new(StaticDiscovery::new(config.seeds.clone())?), None),
     })
 }
 

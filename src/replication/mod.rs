@@ -50,8 +50,6 @@ use wire::{
     stamp_to_wire, to_record,
 };
 
-/// How long the largest membership seen counts towards the expected size.
-const LARGEST_SEEN_WINDOW: Duration = Duration::from_secs(600);
 /// How many times a decision is tried again after a voter handed back a copy
 /// that showed the slot taken (each try merges what it learned).
 const DECIDE_ATTEMPTS: usize = 3;
@@ -139,8 +137,11 @@ struct View {
     peers: Vec<NodeId>,
     /// Live peers that are leaving: not arbiters any more.
     draining: HashSet<NodeId>,
-    largest: usize,
-    largest_at: tokio::time::Instant,
+    /// Every peer seen live and not draining since this node started, less
+    /// those later seen draining: the expected size never shrinks with time
+    /// or a partition (review #3); only a node that announced its leave (the
+    /// old task of a rolling deploy, review #12) stops counting.
+    seen: HashSet<NodeId>,
     /// Last time a skewed clock was logged, per peer (rate limit).
     skew_logged: Vec<(NodeId, Instant)>,
     /// Each live peer's latest clock reading: whether its frame showed a
@@ -230,6 +231,11 @@ pub struct Replicator {
     votes_from_ms: AtomicU64,
     /// Peers a full sync succeeded with, until caught up.
     synced_with: Mutex<HashSet<NodeId>>,
+    /// This node announced its leave: its peers stop counting it in the
+    /// expected size, so it must not vote any more.
+    draining: AtomicBool,
+    /// The ECS service's desiredCount, when discovery follows one.
+    service_size: OnceLock<Arc<std::sync::atomic::AtomicUsize>>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
     /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
@@ -249,8 +255,7 @@ impl Replicator {
             view: RwLock::new(View {
                 peers: Vec::new(),
                 draining: HashSet::new(),
-                largest: 1,
-                largest_at: tokio::time::Instant::now(),
+                seen: HashSet::new(),
                 skew_logged: Vec::new(),
                 clocks: HashMap::new(),
                 not_ready: HashSet::new(),
@@ -260,6 +265,8 @@ impl Replicator {
             votes: Mutex::new(VoteBook::new(budget_ms)),
             votes_from_ms: AtomicU64::new(NOT_CAUGHT_UP),
             synced_with: Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
+            service_size: OnceLock::new(),
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -293,7 +300,10 @@ impl Replicator {
                 continue;
             }
             if draining {
+                view.seen.remove(&node);
                 view.draining.insert(node.clone());
+            } else {
+                view.seen.insert(node.clone());
             }
             view.peers.push(node);
         }
@@ -301,11 +311,6 @@ impl Replicator {
         view.peers.dedup();
         let View { peers, clocks, .. } = &mut *view;
         clocks.retain(|peer, _| peers.binary_search(peer).is_ok());
-        let size = view.peers.len() + 1;
-        if size >= view.largest || view.largest_at.elapsed() > LARGEST_SEEN_WINDOW {
-            view.largest = size;
-            view.largest_at = tokio::time::Instant::now();
-        }
     }
 
     /// Record which live peers report not ready (from membership).
@@ -340,14 +345,28 @@ impl Replicator {
             .clone()
     }
 
-    /// The cluster size majorities are counted against: the configured size or
-    /// the largest membership seen in the last ten minutes, whichever is larger.
+    /// The cluster size majorities are counted against: the configured size
+    /// or every node seen since start that has not announced its leave,
+    /// itself included, whichever is larger. A node that vanished without
+    /// draining (crashed, partitioned) keeps counting: the two sides of a
+    /// partition can never both hold a majority, however long it lasts.
+    ///
+    /// Under ECS discovery of a service, the service's desiredCount read
+    /// every discovery round is the operator's word instead (a scale-in
+    /// lowers it), never below the nodes live and not draining now.
     pub fn expected_size(&self) -> usize {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-        self.config
-            .expected_size
-            .max(view.largest)
-            .max(view.peers.len() + 1)
+        if let Some(desired) = self.service_size.get() {
+            let live = view.peers.len() - view.draining.len() + 1;
+            return desired.load(Ordering::Acquire).clamp(1, 1024).max(live);
+        }
+        self.config.expected_size.max(view.seen.len() + 1)
+    }
+
+    /// Count majorities against the ECS service's desiredCount, as discovery
+    /// reads it every round (see [`Replicator::expected_size`]).
+    pub fn follow_service_size(&self, desired: Arc<std::sync::atomic::AtomicUsize>) {
+        let _ = self.service_size.set(desired);
     }
 
     fn majority(&self) -> usize {
@@ -384,6 +403,12 @@ impl Replicator {
     /// have voted before (the test harness's first start).
     pub fn remember_votes_since(&self, since_ms: Millis) {
         self.votes_from_ms.store(since_ms, Ordering::Release);
+    }
+
+    /// This node is leaving (rolling deploy, scale-in): from now on it votes
+    /// no more, as its peers stop counting it once they see it draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Whether this node has caught up with its cluster: a full sync with a
@@ -1019,6 +1044,9 @@ impl Replicator {
         let now = self.store.hlc().clock().now_ms();
         let clustered = self.expected_size() >= 2;
         // R1
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Refusal::Cannot("the voter is draining".to_owned()));
+        }
         if self.expiry_held() {
             return Err(Refusal::Cannot(CLOCK_IN_DOUBT.to_owned()));
         }

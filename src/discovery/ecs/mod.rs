@@ -30,6 +30,8 @@ pub mod metadata;
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_config::meta::region::RegionProviderChain;
@@ -87,6 +89,9 @@ pub struct EcsDiscovery {
     own_task_arn: String,
     peers: Peers,
     gossip_port: u16,
+    /// The service's desiredCount, read again every round when start-up read
+    /// it (the expected size follows the service: review #3).
+    desired_count: Option<Arc<AtomicUsize>>,
 }
 
 fn error(reason: impl Into<String>) -> DiscoveryError {
@@ -177,6 +182,7 @@ impl EcsDiscovery {
             own_task_arn: task.task_arn.clone(),
             peers,
             gossip_port: settings.gossip_port,
+            desired_count: desired_count.map(|count| Arc::new(AtomicUsize::new(count))),
         };
         Ok(EcsStart {
             discovery,
@@ -229,6 +235,11 @@ impl EcsDiscovery {
         }
     }
 
+    /// The service's desiredCount as of the latest round, when followed.
+    pub fn desired_count_handle(&self) -> Option<Arc<AtomicUsize>> {
+        self.desired_count.clone()
+    }
+
     /// Which tasks are peers.
     pub fn peers(&self) -> &Peers {
         &self.peers
@@ -260,6 +271,13 @@ impl EcsDiscovery {
 #[async_trait::async_trait]
 impl Discovery for EcsDiscovery {
     async fn discover(&self) -> Result<Vec<SocketAddr>, DiscoveryError> {
+        if let (Some(count), Peers::Service(service)) = (&self.desired_count, &self.peers) {
+            let desired = Self::desired_count(&self.client, &self.cluster, service).await?;
+            let before = count.swap(desired, Ordering::AcqRel);
+            if before != desired {
+                info!(before, desired, "the ECS service's desiredCount changed");
+            }
+        }
         let mut arns = self.list_task_arns().await?;
         arns.retain(|arn| *arn != self.own_task_arn);
         let mut found = Vec::new();

@@ -536,3 +536,26 @@ fn region_comes_from_the_arn() {
     assert_eq!(arn_region("arn:aws:ecs::1:task/x"), None);
     assert_eq!(arn_region("prod"), None);
 }
+
+/// Review #3: the service's desiredCount is read again every round, so a
+/// scale-out raises the majority on the nodes that started before it.
+#[tokio::test]
+async fn the_desired_count_is_read_again_every_round() {
+    let fake = FakeEcs::default();
+    fake.with(|state| {
+        let mut own = FakeTask::running(0, Ipv4Addr::new(10, 0, 0, 1));
+        own.arn = OWN_ARN.into();
+        own.service = "tessera-blue".into();
+        state.tasks.push(own);
+        state.desired_count = 3;
+    });
+    let addr = fake.serve().await;
+    let start = EcsDiscovery::with_client(client(addr), own_task(), &settings(), true)
+        .await
+        .unwrap();
+    let followed = start.discovery.desired_count_handle().expect("followed");
+    assert_eq!(followed.load(std::sync::atomic::Ordering::Acquire), 3);
+    fake.with(|state| state.desired_count = 5);
+    start.discovery.discover().await.unwrap();
+    assert_eq!(followed.load(std::sync::atomic::Ordering::Acquire), 5);
+}

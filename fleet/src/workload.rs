@@ -81,8 +81,9 @@ struct Record {
     /// Successful consumes per service ticket.
     consumed: HashMap<String, u32>,
     failures: Vec<FailedOp>,
-    /// Consumes refused with UNAVAILABLE (a minority refusing to decide).
-    consumes_refused: u64,
+    /// Writes (puts, consumes, touches, deletes) refused with UNAVAILABLE: a
+    /// minority refusing to acknowledge or decide.
+    writes_refused: u64,
 }
 
 /// Everything the load saw, shared by its users.
@@ -102,7 +103,7 @@ pub struct Report {
     /// Single-use STs whose consume succeeded more than once.
     pub double_consumed: u64,
     pub failures: u64,
-    pub consumes_refused: u64,
+    pub writes_refused: u64,
     /// A few examples of what went wrong, for the failure message.
     pub examples: Vec<String>,
 }
@@ -133,8 +134,8 @@ impl History {
             }
             Err(error) => {
                 self.with(|r| {
-                    if op == "consume" && matches!(error, Error::Unavailable(_)) {
-                        r.consumes_refused += 1;
+                    if matches!(error, Error::Unavailable(_)) {
+                        r.writes_refused += 1;
                     }
                     r.failures.push(FailedOp {
                         op,
@@ -164,8 +165,12 @@ impl History {
         self.with(|r| r.failures.clone())
     }
 
-    pub fn consumes_refused(&self) -> u64 {
-        self.with(|r| r.consumes_refused)
+    pub fn acknowledged(&self) -> u64 {
+        self.with(|r| r.acknowledged)
+    }
+
+    pub fn writes_refused(&self) -> u64 {
+        self.with(|r| r.writes_refused)
     }
 
     /// Asks every node in `nodes` directly (no failover) about every ticket
@@ -178,7 +183,7 @@ impl History {
                 Report {
                     acknowledged: r.acknowledged,
                     failures: r.failures.len() as u64,
-                    consumes_refused: r.consumes_refused,
+                    writes_refused: r.writes_refused,
                     ..Report::default()
                 },
             )

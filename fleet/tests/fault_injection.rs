@@ -296,7 +296,9 @@ async fn partition_and_heal_scenario() -> anyhow::Result<()> {
     fleet.disconnect(3)?;
     let observer = fleet.client(&[1], Duration::from_secs(2)).await?;
     let split = wait_gone(&observer, "node3", partitioned_at, Duration::from_secs(15)).await;
-    // The minority side takes writes too (through its own API port).
+    // The minority side tries writes too (through its own API port), with a
+    // history of its own: an isolated node of an expected three must refuse
+    // every one (a put reaches no second copy, a consume no majority).
     let minority_users = vec![
         User {
             issuer: vec![3],
@@ -304,12 +306,14 @@ async fn partition_and_heal_scenario() -> anyhow::Result<()> {
         };
         3
     ];
-    let minority = Load::start(&fleet, &minority_users, "minor", history.clone()).await?;
+    let minority_history = Arc::new(History::default());
+    let minority = Load::start(&fleet, &minority_users, "minor", minority_history.clone()).await?;
     // Logouts on the majority side of sessions both sides hold.
     let logged_out = logout_some(&history, &observer, 30).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    minority.stop().await;
-    let refused = history.consumes_refused();
+    let minority = minority.stop().await;
+    let minority_refused = minority.writes_refused();
+    let minority_acknowledged = minority.acknowledged();
 
     let healed_at = Instant::now();
     fleet.connect(3)?;
@@ -326,15 +330,19 @@ async fn partition_and_heal_scenario() -> anyhow::Result<()> {
         &report,
         converge,
         &format!(
-            "split_seen={:.1}s logged_out_on_majority={logged_out} minority_consumes_refused={refused}",
+            "split_seen={:.1}s logged_out_on_majority={logged_out} minority_writes_refused={minority_refused} minority_acknowledged={minority_acknowledged}",
             split.as_secs_f64()
         ),
     );
     assert_clean("partition", &report, &fleet);
     assert!(logged_out > 0);
     assert!(
-        refused > 0,
-        "the minority never refused a consume: {report:?}"
+        minority_refused > 0,
+        "the minority never refused a write: {report:?}"
+    );
+    assert_eq!(
+        minority_acknowledged, 0,
+        "the isolated node acknowledged writes alone"
     );
     Ok(())
 }

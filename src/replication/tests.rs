@@ -924,3 +924,21 @@ async fn a_long_partition_never_shrinks_the_majority() {
         "{consumed:?}"
     );
 }
+
+/// Review #13: skew was judged on HLC readings, and within the budget an HLC
+/// follows the fastest clock, so with clocks at +600 / 0 / -500 ms (budget
+/// 1 s) the slow node saw both peers 1.1 s ahead and fenced itself, though
+/// every clock is within the budget of true time.
+#[tokio::test(start_paused = true)]
+async fn clocks_within_the_budget_of_true_time_fence_nobody() {
+    let cluster = TestCluster::with_clocks(ReplicationConfig::default(), &[600, 0, -500]);
+    for round in 0..3 {
+        for (n, node) in cluster.nodes.iter().enumerate() {
+            let _ = node.put(put(&format!("TGT-{round}-{n}"), 60_000)).await;
+        }
+        cluster.converge().await;
+    }
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        assert!(!node.clock_suspect(), "node {n} doubts its clock");
+    }
+}

@@ -205,6 +205,7 @@ mod tests {
             version: VERSION.into(),
             protocol,
             hlc: None,
+            physical_ms: None,
         }
     }
 

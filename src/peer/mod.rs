@@ -45,9 +45,19 @@ pub trait PeerHandler: Send + Sync + 'static {
     /// Handle one request body and produce the response body.
     async fn handle(&self, from: NodeId, body: Body) -> Body;
     /// This node's clock, stamped on every frame sent.
-    fn clock_reading(&self) -> WireHlc;
+    fn clock_reading(&self) -> ClockReading;
     /// A peer's clock, read off every frame received.
-    fn observe_clock(&self, from: &NodeId, remote: WireHlc);
+    fn observe_clock(&self, from: &NodeId, remote: ClockReading);
+}
+
+/// What a frame says of its sender's clock: its HLC, which stamps follow, and
+/// its physical reading, on which skew is judged (within the budget an HLC
+/// follows the fastest clock it has heard, so HLCs cannot tell whose clock is
+/// off). `physical_ms` is `None` from nodes older than the field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClockReading {
+    pub hlc: WireHlc,
+    pub physical_ms: Option<u64>,
 }
 
 /// Sends requests to peers.

@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 
 use super::frame::{FrameError, Opener, Sealer};
 use super::handshake::{self, Established, Role};
-use super::{NodeId, PeerError, PeerHandler, PeerNetwork};
+use super::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 
 /// Requests this node keeps in flight on one connection; more calls wait.
 pub const MAX_OUTSTANDING_CALLS: usize = 256;
@@ -383,12 +383,14 @@ impl Inner {
     }
 
     fn our_hello(&self) -> Hello {
+        let reading = self.handler.clock_reading();
         Hello {
             node_id: self.config.node_id.to_string(),
             generation: self.config.generation,
             version: handshake::VERSION.to_string(),
             protocol: handshake::PROTOCOL,
-            hlc: Some(self.handler.clock_reading()),
+            hlc: Some(reading.hlc),
+            physical_ms: reading.physical_ms,
         }
     }
 
@@ -545,7 +547,11 @@ impl Inner {
         }
         bump(&self.counters.handshakes_ok);
         if let Some(hlc) = hello.hlc {
-            self.handler.observe_clock(&peer, hlc);
+            let reading = ClockReading {
+                hlc,
+                physical_ms: hello.physical_ms,
+            };
+            self.handler.observe_clock(&peer, reading);
         }
         debug!(
             %peer,
@@ -791,7 +797,11 @@ impl Inner {
             }
             conn.last_rx_us.store(self.now_us(), Ordering::Relaxed);
             if let Some(hlc) = frame.hlc {
-                self.handler.observe_clock(&conn.peer, hlc);
+                let reading = ClockReading {
+                    hlc,
+                    physical_ms: frame.physical_ms,
+                };
+                self.handler.observe_clock(&conn.peer, reading);
             }
             if frame.is_response {
                 if !conn.complete(frame.request_id, frame.body) {
@@ -907,10 +917,12 @@ impl Inner {
     /// reply.
     fn encode(&self, conn: &Conn, message: Outgoing) -> Option<Vec<u8>> {
         let max = self.config.max_frame_bytes;
+        let reading = self.handler.clock_reading();
         let mut frame = PeerFrame {
             request_id: message.request_id,
             is_response: message.is_response,
-            hlc: Some(self.handler.clock_reading()),
+            hlc: Some(reading.hlc),
+            physical_ms: reading.physical_ms,
             body: Some(message.body),
         };
         // Encoded first and measured after: `encoded_len` walks every nested

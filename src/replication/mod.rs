@@ -33,14 +33,14 @@ use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{
     BucketDigests, ConsumeOp, Decide, Decided, DeleteMatching, DeletedMatching, Entries,
-    EntryRecord, ErrorReply, Fetch, Hlc as WireHlc, Propose, Push, PushAck, UpdateOp, Vote, decide,
+    EntryRecord, ErrorReply, Fetch, Propose, Push, PushAck, UpdateOp, Vote, decide,
 };
 use tonic::Code;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::Millis;
 use crate::error::StoreError;
-use crate::peer::{NodeId, PeerError, PeerHandler, PeerNetwork};
+use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{PutTicket, Store, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
@@ -1308,23 +1308,33 @@ impl PeerHandler for Replicator {
         self.handle_request(&from, body).await
     }
 
-    fn clock_reading(&self) -> WireHlc {
-        hlc_to_wire(self.store.hlc().stamp().hlc)
+    fn clock_reading(&self) -> ClockReading {
+        let hlc = self.store.hlc();
+        ClockReading {
+            hlc: hlc_to_wire(hlc.stamp().hlc),
+            physical_ms: Some(hlc.clock().now_ms()),
+        }
     }
 
-    fn observe_clock(&self, from: &NodeId, remote: WireHlc) {
-        let remote = hlc_from_wire(remote);
+    /// Judges the peer's skew on its physical reading (review #13: HLCs all
+    /// follow the fastest clock within the budget, so a slow but honest node
+    /// saw every peer beyond it), then lets the HLC follow, unless the peer
+    /// is far ahead.
+    fn observe_clock(&self, from: &NodeId, reading: ClockReading) {
+        let remote = hlc_from_wire(reading.hlc);
+        let physical_ms = reading.physical_ms.unwrap_or(remote.wall_ms);
         let now = self.store.hlc().clock().now_ms();
-        let skew_ms = remote.wall_ms as i64 - now as i64;
+        let skew_ms = physical_ms as i64 - now as i64;
         let budget = self.config.max_clock_skew.as_millis() as i64;
         let beyond = skew_ms.abs() > budget;
         self.note_clock(from, beyond);
         if beyond {
             self.report_skew(from, skew_ms);
-            // A clock far ahead must not drag this node's stamps with it.
-            if skew_ms > 0 {
-                return;
-            }
+        }
+        // A clock far ahead must not drag this node's stamps with it, whether
+        // the peer's own clock is fast or its HLC followed one that is.
+        if skew_ms > budget || remote.wall_ms as i64 - now as i64 > budget {
+            return;
         }
         self.store.hlc().observe(remote);
     }

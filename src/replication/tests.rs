@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::clock::{Clock, HlcClock};
+use crate::peer::ClockReading;
 use crate::peer::mem::MemHub;
 use crate::store::{PutTicket, StoreConfig};
 use tessera_proto::peer::BucketSync;
@@ -526,10 +527,13 @@ fn frames_from(node: &Replicator, peers: &[&str], ahead_ms: i64) {
     let now = node.store().hlc().clock().now_ms();
     for peer in peers {
         let wall_ms = now.saturating_add_signed(ahead_ms);
-        let reading = hlc_to_wire(crate::clock::Hlc {
-            wall_ms,
-            logical: 0,
-        });
+        let reading = ClockReading {
+            hlc: hlc_to_wire(crate::clock::Hlc {
+                wall_ms,
+                logical: 0,
+            }),
+            physical_ms: Some(wall_ms),
+        };
         node.observe_clock(&NodeId::from(*peer), reading);
     }
 }

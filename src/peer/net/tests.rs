@@ -18,27 +18,36 @@ const MIB: usize = 1024 * 1024;
 /// Echoes: `Fetch` is answered with one entry per requested id, `Push` with
 /// the pushed entries; a `Fetch` of "slow" sleeps first; `Decide` fails.
 struct Echo {
-    clock: Hlc,
-    observed: Mutex<Vec<(NodeId, Hlc)>>,
+    clock: ClockReading,
+    observed: Mutex<Vec<(NodeId, ClockReading)>>,
 }
 
 impl Echo {
     fn new(wall_ms: u64) -> Arc<Echo> {
         Arc::new(Echo {
-            clock: Hlc {
-                wall_ms,
-                logical: 3,
-            },
+            clock: reading(wall_ms),
             observed: Mutex::new(Vec::new()),
         })
     }
 
-    fn observed_from(&self, node: &str) -> Vec<Hlc> {
+    fn observed_from(&self, node: &str) -> Vec<ClockReading> {
         lock(&self.observed)
             .iter()
             .filter(|(from, _)| &**from == node)
-            .map(|(_, hlc)| *hlc)
+            .map(|(_, reading)| reading.clone())
             .collect()
+    }
+}
+
+/// An HLC at `wall_ms` and a physical clock 500 ms behind it (an HLC that
+/// followed a faster peer).
+fn reading(wall_ms: u64) -> ClockReading {
+    ClockReading {
+        hlc: Hlc {
+            wall_ms,
+            logical: 3,
+        },
+        physical_ms: Some(wall_ms - 500),
     }
 }
 
@@ -80,11 +89,11 @@ impl PeerHandler for Echo {
         }
     }
 
-    fn clock_reading(&self) -> Hlc {
-        self.clock
+    fn clock_reading(&self) -> ClockReading {
+        self.clock.clone()
     }
 
-    fn observe_clock(&self, from: &NodeId, remote: Hlc) {
+    fn observe_clock(&self, from: &NodeId, remote: ClockReading) {
         lock(&self.observed).push((Arc::clone(from), remote));
     }
 }
@@ -533,17 +542,11 @@ async fn clock_readings_travel_with_every_frame() {
     introduce(&[("a", &a), ("bb", &b)]);
     a.call(&id("bb"), fetch(&["x"])).await.unwrap();
 
-    // Hello and request from a; Hello and response from bb.
-    let a_clock = Hlc {
-        wall_ms: 1001,
-        logical: 3,
-    };
-    let b_clock = Hlc {
-        wall_ms: 1002,
-        logical: 3,
-    };
-    assert_eq!(echo_b.observed_from("a"), [a_clock, a_clock]);
-    assert_eq!(echo_a.observed_from("bb"), [b_clock, b_clock]);
+    // Hello and request from a; Hello and response from bb: HLC and
+    // physical reading alike.
+    let (a_clock, b_clock) = (reading(1001), reading(1002));
+    assert_eq!(echo_b.observed_from("a"), [a_clock.clone(), a_clock]);
+    assert_eq!(echo_a.observed_from("bb"), [b_clock.clone(), b_clock]);
     a.shutdown().await;
     b.shutdown().await;
 }

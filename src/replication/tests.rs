@@ -946,3 +946,26 @@ async fn clocks_within_the_budget_of_true_time_fence_nobody() {
         assert!(!node.clock_suspect(), "node {n} doubts its clock");
     }
 }
+
+/// Review #14 (third bullet): a node that lacks an id (restarted, the push not
+/// in yet) took `create_only` as a new ticket and replaced the live one held
+/// everywhere else.
+#[tokio::test]
+async fn create_only_on_a_node_lacking_the_id_replaces_nothing() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    let first = cluster.nodes[0].put(put("TGT-held", 60_000)).await.unwrap();
+    assert!(!cluster.nodes[2].store().holds("TGT-held"));
+    let again = PutTicket {
+        create_only: true,
+        payload: Bytes::from_static(b"other"),
+        ..put("TGT-held", 60_000)
+    };
+    let second = cluster.nodes[2].put(again).await;
+    assert!(
+        matches!(second, Err(StoreError::AlreadyExists(_))),
+        "{second:?}"
+    );
+    let kept = cluster.nodes[1].get("TGT-held").await.unwrap();
+    assert_eq!(kept.version, first.version, "the live ticket was replaced");
+}

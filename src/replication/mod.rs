@@ -516,9 +516,21 @@ impl Replicator {
 
     // ---- client operations ----
 
+    /// Store a ticket. A `create_only` put on an id this node does not hold
+    /// asks the peers first (review #14): a node that restarted, or that the
+    /// push has not reached yet, must not take a live ticket held elsewhere
+    /// for a free id; it fails UNAVAILABLE when too few peers answered to
+    /// rule one out. Plain puts (upserts) skip that round trip.
     pub async fn put(&self, put: PutTicket) -> Result<TicketView, StoreError> {
         if let Some(parent) = &put.parent {
             self.read_repair(parent).await;
+        }
+        if put.create_only {
+            ticket::validate_id("id", &put.id)?;
+            let answered = self.read_repair(&put.id).await;
+            if !self.store.holds(&put.id) && answered < self.answers_to_rule_out() {
+                return Err(self.holders_unreachable(answered));
+            }
         }
         let written = self.store.put(put)?;
         self.replicate(written).await

@@ -23,7 +23,7 @@ pub mod wire;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -235,7 +235,7 @@ pub struct Replicator {
     /// expected size, so it must not vote any more.
     draining: AtomicBool,
     /// The ECS service's desiredCount, when discovery follows one.
-    service_size: OnceLock<Arc<std::sync::atomic::AtomicUsize>>,
+    service_size: OnceLock<Arc<AtomicUsize>>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
     /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
@@ -365,7 +365,7 @@ impl Replicator {
 
     /// Count majorities against the ECS service's desiredCount, as discovery
     /// reads it every round (see [`Replicator::expected_size`]).
-    pub fn follow_service_size(&self, desired: Arc<std::sync::atomic::AtomicUsize>) {
+    pub fn follow_service_size(&self, desired: Arc<AtomicUsize>) {
         let _ = self.service_size.set(desired);
     }
 

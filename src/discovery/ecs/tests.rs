@@ -369,16 +369,23 @@ async fn a_large_fleet_is_read_page_by_page_and_described_in_chunks() {
     assert_eq!(sizes.len(), 3, "{sizes:?}");
 }
 
-#[tokio::test]
-async fn peers_default_to_the_own_service_then_the_family() {
+/// A fake ECS whose only task is this node's own, in `service` with
+/// `desired_count`.
+fn own_task_in_service(service: &str, desired_count: i32) -> FakeEcs {
     let fake = FakeEcs::default();
     fake.with(|state| {
         let mut own = FakeTask::running(0, Ipv4Addr::new(10, 0, 0, 1));
         own.arn = OWN_ARN.into();
-        own.service = "tessera-blue".into();
+        own.service = service.into();
         state.tasks.push(own);
-        state.desired_count = 5;
+        state.desired_count = desired_count;
     });
+    fake
+}
+
+#[tokio::test]
+async fn peers_default_to_the_own_service_then_the_family() {
+    let fake = own_task_in_service("tessera-blue", 5);
     let addr = fake.serve().await;
 
     // No setting: our own task's group names the service, whose desiredCount
@@ -541,21 +548,14 @@ fn region_comes_from_the_arn() {
 /// scale-out raises the majority on the nodes that started before it.
 #[tokio::test]
 async fn the_desired_count_is_read_again_every_round() {
-    let fake = FakeEcs::default();
-    fake.with(|state| {
-        let mut own = FakeTask::running(0, Ipv4Addr::new(10, 0, 0, 1));
-        own.arn = OWN_ARN.into();
-        own.service = "tessera-blue".into();
-        state.tasks.push(own);
-        state.desired_count = 3;
-    });
+    let fake = own_task_in_service("tessera-blue", 3);
     let addr = fake.serve().await;
     let start = EcsDiscovery::with_client(client(addr), own_task(), &settings(), true)
         .await
         .unwrap();
     let followed = start.discovery.desired_count_handle().expect("followed");
-    assert_eq!(followed.load(std::sync::atomic::Ordering::Acquire), 3);
+    assert_eq!(followed.load(Ordering::Acquire), 3);
     fake.with(|state| state.desired_count = 5);
     start.discovery.discover().await.unwrap();
-    assert_eq!(followed.load(std::sync::atomic::Ordering::Acquire), 5);
+    assert_eq!(followed.load(Ordering::Acquire), 5);
 }

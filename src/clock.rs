@@ -62,6 +62,10 @@ impl Clock {
             .saturating_add_signed(self.offset_ms)
     }
 
+    /// Take the system clock's reading `system_ms` (NTP's view of true time).
+    /// The anchored clock ignores it: a correction needs a restart.
+    pub fn resync_to(&self, _system_ms: Millis) {}
+
     /// The tokio instant at which this clock reads `at_ms` (now if passed).
     pub fn instant_at(&self, at_ms: Millis) -> Instant {
         let now_ms = self.now_ms();

@@ -947,6 +947,46 @@ async fn clocks_within_the_budget_of_true_time_fence_nobody() {
     }
 }
 
+/// Review #13 (second half): the wall clock was anchored at start, so a node
+/// fenced for a clock 30 s ahead stayed fenced after its system clock was
+/// corrected, until it restarted.
+#[tokio::test(start_paused = true)]
+async fn a_fence_lifts_once_the_system_clock_is_corrected() {
+    let cluster = TestCluster::with_clocks(ReplicationConfig::default(), &[0, 0, 30_000]);
+    let exchange_frames = |round: &'static str| {
+        let cluster = &cluster;
+        async move {
+            for (n, node) in cluster.nodes.iter().enumerate() {
+                let _ = node.put(put(&format!("TGT-{round}-{n}"), 60_000)).await;
+            }
+            cluster.converge().await;
+        }
+    };
+    exchange_frames("before").await;
+    assert!(cluster.nodes[2].clock_fenced(), "30 s ahead of two peers");
+
+    let fast = cluster.nodes[2].store().hlc().clock().clone();
+    let true_ms = cluster.nodes[0].store().hlc().clock().now_ms();
+    let read_before = fast.now_ms();
+    fast.resync_to(true_ms);
+    assert!(
+        fast.now_ms() >= read_before,
+        "a correction never steps the clock backwards"
+    );
+    // The corrected clock stands still until true time passes what it read.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    exchange_frames("after").await;
+    let skew = fast.now_ms() as i64 - cluster.nodes[0].store().hlc().clock().now_ms() as i64;
+    assert!(
+        skew.abs() < 1_000,
+        "still {skew} ms off after the correction"
+    );
+    assert!(
+        !cluster.nodes[2].clock_fenced(),
+        "the fence outlived the clock's correction"
+    );
+}
+
 /// Review #14 (third bullet): a node that lacks an id (restarted, the push not
 /// in yet) took `create_only` as a new ticket and replaced the live one held
 /// everywhere else.

@@ -2,18 +2,30 @@
 //!
 //! Every time Tessera stores or compares is milliseconds since the Unix epoch.
 //! The wall clock is read as *an anchor taken at start plus tokio's monotonic
-//! elapsed time*. Two reasons: it never steps backwards when NTP corrects the
-//! system clock, and tests can pause and advance tokio's clock to drive every
-//! expiry decision without sleeping.
+//! elapsed time*, corrected towards the system clock once a second (a worker
+//! calls [`Clock::resync_with_system`]). Three reasons: tests can pause and
+//! advance tokio's clock to drive every expiry decision without sleeping; a
+//! node whose system clock NTP corrects follows the correction without a
+//! restart, so its clock fence lifts (review #13); and the clock never steps
+//! backwards: a correction backwards holds the clock still until true time
+//! has caught up with what it already read, so nothing that was expired
+//! becomes live again.
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+use tracing::warn;
+
+use crate::worker::{Worker, WorkerState};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
+
+/// Differences from the system clock below this are jitter, not corrections.
+const RESYNC_TOLERANCE_MS: i64 = 10;
 
 /// The node's wall clock, in milliseconds since the Unix epoch.
 #[derive(Clone, Debug)]
@@ -22,19 +34,27 @@ pub struct Clock {
     anchor: Instant,
     /// Deliberate offset, for skew tests only (`--clock-offset`).
     offset_ms: i64,
+    /// Whether [`Clock::resync_with_system`] reads the system clock (not in
+    /// tests, whose clocks start at a chosen epoch).
+    follows_system: bool,
+    /// Corrections taken since start, shared by every clone.
+    correction: Arc<Correction>,
+}
+
+#[derive(Debug, Default)]
+struct Correction {
+    /// Added to the anchored reading.
+    shift_ms: AtomicI64,
+    /// No reading is below this: the last reading before a backwards correction.
+    floor_ms: AtomicU64,
 }
 
 impl Clock {
-    /// A clock anchored at the system time now.
+    /// A clock anchored at the system time now, and following it.
     pub fn system() -> Clock {
-        let anchor_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0);
         Clock {
-            anchor_ms,
-            anchor: Instant::now(),
-            offset_ms: 0,
+            follows_system: true,
+            ..Clock::starting_at(system_now_ms())
         }
     }
 
@@ -45,6 +65,8 @@ impl Clock {
             anchor_ms,
             anchor: Instant::now(),
             offset_ms: 0,
+            follows_system: false,
+            correction: Arc::default(),
         }
     }
 
@@ -56,21 +78,99 @@ impl Clock {
 
     /// Now, in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> Millis {
+        // Shift before floor, as `resync_to` writes floor before shift: a
+        // reading that sees the new shift sees the new floor too.
+        let shifted = self.shifted_ms();
+        shifted.max(self.correction.floor_ms.load(Ordering::SeqCst))
+    }
+
+    /// The reading without the floor of a backwards correction.
+    fn shifted_ms(&self) -> Millis {
+        let shift_ms = self.correction.shift_ms.load(Ordering::SeqCst);
+        self.uncorrected_ms().saturating_add_signed(shift_ms)
+    }
+
+    fn uncorrected_ms(&self) -> Millis {
         let elapsed = self.anchor.elapsed().as_millis() as Millis;
         self.anchor_ms
             .saturating_add(elapsed)
             .saturating_add_signed(self.offset_ms)
     }
 
-    /// Take the system clock's reading `system_ms` (NTP's view of true time).
-    /// The anchored clock ignores it: a correction needs a restart.
-    pub fn resync_to(&self, _system_ms: Millis) {}
+    /// Take the system clock's reading `system_ms` (NTP's view of true time;
+    /// with the deliberate offset of a skew test added). Ahead of this clock:
+    /// it jumps forward at once. Behind: it stands still until `system_ms`
+    /// passes what it read last. Returns the correction, 0 within jitter.
+    pub fn resync_to(&self, system_ms: Millis) -> i64 {
+        let correction_ms = system_ms as i64 - self.shifted_ms() as i64;
+        if correction_ms.abs() <= RESYNC_TOLERANCE_MS {
+            return 0;
+        }
+        self.correction
+            .floor_ms
+            .fetch_max(self.now_ms(), Ordering::SeqCst);
+        let shift_ms = system_ms as i64 - self.uncorrected_ms() as i64;
+        self.correction.shift_ms.store(shift_ms, Ordering::SeqCst);
+        correction_ms
+    }
+
+    /// [`Clock::resync_to`] the system clock, for a clock that follows it.
+    pub fn resync_with_system(&self) -> i64 {
+        if !self.follows_system {
+            return 0;
+        }
+        self.resync_to(system_now_ms().saturating_add_signed(self.offset_ms))
+    }
 
     /// The tokio instant at which this clock reads `at_ms` (now if passed).
     pub fn instant_at(&self, at_ms: Millis) -> Instant {
         let now_ms = self.now_ms();
         Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
     }
+}
+
+/// The background job that keeps a [`Clock`] following the system clock.
+pub struct ClockSync {
+    clock: Clock,
+}
+
+impl ClockSync {
+    /// How often the system clock is read.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    pub fn new(clock: Clock) -> ClockSync {
+        ClockSync { clock }
+    }
+}
+
+impl Worker for ClockSync {
+    fn name(&self) -> &'static str {
+        "clock-sync"
+    }
+
+    async fn work(&mut self) -> WorkerState {
+        let correction_ms = self.clock.resync_with_system();
+        if correction_ms > 0 {
+            warn!(correction_ms, "the system clock moved ahead: following it");
+        } else if correction_ms < 0 {
+            warn!(
+                correction_ms,
+                "the system clock moved back: holding this clock still until it catches up"
+            );
+        }
+        WorkerState::Idle
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(Self::INTERVAL).await
+    }
+}
+
+fn system_now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 /// A hybrid logical clock reading: physical milliseconds plus a counter that
@@ -233,6 +333,26 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2_500)).await;
         assert_eq!(clock.now_ms(), 3_500);
         assert_eq!(clock.clone().with_offset(-500).now_ms(), 3_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn corrections_jump_forward_and_hold_still_backwards() {
+        let clock = Clock::starting_at(10_000);
+        assert_eq!(clock.resync_to(10_005), 0, "jitter is ignored");
+        assert_eq!(clock.now_ms(), 10_000);
+        assert_eq!(clock.resync_to(12_000), 2_000);
+        assert_eq!(clock.clone().now_ms(), 12_000, "clones share corrections");
+        assert_eq!(clock.resync_to(9_000), -3_000);
+        tokio::time::advance(Duration::from_millis(2_000)).await;
+        assert_eq!(clock.now_ms(), 12_000, "held still, not stepped back");
+        assert_eq!(clock.resync_to(11_000), 0, "a clock held still is in sync");
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now_ms(), 12_500, "runs again once true time passed");
+        assert_eq!(
+            clock.resync_with_system(),
+            0,
+            "a test clock ignores the system"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::api::auth::AuthStats;
 use crate::api::{ApiAuth, NodeInfo, TicketApi};
-use crate::clock::{Clock, HlcClock};
+use crate::clock::{Clock, ClockSync, HlcClock};
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
 use crate::discovery::{
     Discovery, DiscoveryError, DiscoveryStatus, DiscoveryWorker, DnsDiscovery, StaticDiscovery,
@@ -315,7 +315,7 @@ pub async fn start_with(
     }
 
     let clock = options.clock.clone().unwrap_or_else(Clock::system);
-    let hlc = HlcClock::new(clock, config.node_id.as_str().into());
+    let hlc = HlcClock::new(clock.clone(), config.node_id.as_str().into());
     let store = Arc::new(Store::new(config.store_config(), hlc));
     let replicator = Replicator::new(store.clone(), config.replication_config());
     if let Some(size) = service_size {
@@ -324,7 +324,10 @@ pub async fn start_with(
     let workers = Shutdown::new();
     let clocks = replicator.clone();
     let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || clocks.expiry_held());
-    let mut worker_tasks = vec![worker::spawn(sweeper, &workers)];
+    let mut worker_tasks = vec![
+        worker::spawn(sweeper, &workers),
+        worker::spawn(ClockSync::new(clock), &workers),
+    ];
     let mut followers = Vec::new();
     let advertised_api = SocketAddr::new(advertise_ip, api_addr.port());
 

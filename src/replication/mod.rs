@@ -42,7 +42,7 @@ use crate::clock::Millis;
 use crate::error::StoreError;
 use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
-use crate::store::{PutTicket, Store, UpdateTicket, Written};
+use crate::store::{Expiry, PutTicket, Store, SweepReport, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
 use votes::{Ballot, SlotKey, VoteBook};
 use wire::{
@@ -512,6 +512,17 @@ impl Replicator {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clock_in_doubt(tokio::time::Instant::now())
+    }
+
+    /// One slice of expiry work, as the sweeper runs it: at most `budget` due
+    /// entries, expiry held while this node's clock is in doubt.
+    pub async fn sweep(&self, budget: usize) -> SweepReport {
+        let expiry = if self.expiry_held() {
+            Expiry::Hold
+        } else {
+            Expiry::Tombstone
+        };
+        self.store.sweep(budget, expiry)
     }
 
     // ---- client operations ----

@@ -947,6 +947,81 @@ async fn clocks_within_the_budget_of_true_time_fence_nobody() {
     }
 }
 
+// ---- idle expiry (review #9) ----
+
+fn idle_session(id: &str) -> PutTicket {
+    PutTicket {
+        idle_ms: Some(10_000),
+        ..put(id, 60_000)
+    }
+}
+
+/// Review #9: the sweeper turned an idle ticket into a tombstone on its own
+/// view of the last use, so a node the touch's push missed killed a session
+/// the others had touched and acknowledged.
+#[tokio::test(start_paused = true)]
+async fn a_touch_whose_push_was_lost_survives_that_nodes_sweeper() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0]
+        .put(idle_session("TGT-idle"))
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    tokio::time::advance(Duration::from_secs(9)).await;
+    cluster.nodes[0].touch("TGT-idle").await.unwrap();
+    // Idle ended at 10 s on node 2's view; 11.5 s is past it and the slack.
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    cluster.nodes[2].sweep(1_000).await;
+    cluster.hub.heal_all();
+    cluster.converge().await;
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        assert!(
+            node.get("TGT-idle").await.is_ok(),
+            "node {n}: a session touched at 9 s died at 11.5 s"
+        );
+    }
+}
+
+/// Review #9, the partition: a minority node cannot learn of a touch the
+/// majority acknowledged, so it must not take the idle death for a fact.
+#[tokio::test(start_paused = true)]
+async fn a_touch_acknowledged_by_the_majority_survives_the_minoritys_sweeper() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0]
+        .put(idle_session("TGT-idle"))
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    cluster.nodes[0].touch("TGT-idle").await.unwrap();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    cluster.nodes[2].sweep(1_000).await;
+    assert!(
+        cluster.nodes[2].store().get("TGT-idle").is_err(),
+        "idle on the minority's view, so not served there"
+    );
+    cluster.heal();
+    cluster.converge().await;
+    assert!(
+        cluster.nodes[2].get("TGT-idle").await.is_ok(),
+        "the touch counts after the heal"
+    );
+    // Idle for real from 9 s: dead at 19 s, tombstoned once confirmed.
+    tokio::time::advance(Duration::from_secs(9)).await;
+    for node in &cluster.nodes {
+        node.sweep(1_000).await;
+    }
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(
+            node.store().entry("TGT-idle").map(|e| e.is_deleted()),
+            Some(true),
+            "node {n}: an idle session is a tombstone once the peers agree"
+        );
+    }
+}
+
 /// Review #13 (second half): the wall clock was anchored at start, so a node
 /// fenced for a clock 30 s ahead stayed fenced after its system clock was
 /// corrected, until it restarted.

@@ -983,6 +983,24 @@ async fn a_touch_whose_push_was_lost_survives_that_nodes_sweeper() {
     }
 }
 
+/// Review #9 (hard deadlines): a node whose clock runs ahead within the
+/// budget tombstoned a ticket at its own reading of the deadline, and
+/// anti-entropy carried that tombstone to honest nodes before the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_clock_ahead_within_the_budget_kills_no_ticket_early() {
+    let cluster = TestCluster::with_clocks(ReplicationConfig::default(), &[0, 0, 800]);
+    cluster.nodes[0].put(put("ST-short", 10_000)).await.unwrap();
+    cluster.converge().await;
+    // True time 9.5 s: node 2 reads 10.3 s, past the deadline.
+    tokio::time::advance(Duration::from_millis(9_500)).await;
+    cluster.nodes[2].sweep(1_000).await;
+    cluster.converge().await;
+    assert!(
+        cluster.nodes[0].get("ST-short").await.is_ok(),
+        "dead 500 ms before its deadline"
+    );
+}
+
 /// Review #9, the partition: a minority node cannot learn of a touch the
 /// majority acknowledged, so it must not take the idle death for a fact.
 #[tokio::test(start_paused = true)]

@@ -322,8 +322,7 @@ pub async fn start_with(
         replicator.follow_service_size(size);
     }
     let workers = Shutdown::new();
-    let clocks = replicator.clone();
-    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || clocks.expiry_held());
+    let sweeper = Sweeper::new(replicator.clone());
     let mut worker_tasks = vec![
         worker::spawn(sweeper, &workers),
         worker::spawn(ClockSync::new(clock), &workers),

@@ -7,15 +7,19 @@
 //!
 //! While the node's clock is fenced or in doubt (see `Replicator::expiry_held`)
 //! expiry is held: tombstones taken on a wrong clock would replicate and kill
-//! tickets that are live elsewhere. Due keys then stay due, so instead of
-//! waking for them the sweeper re-checks every [`HOLD_RECHECK`].
+//! tickets that are live elsewhere. An idle death becomes a tombstone only
+//! once enough peers' copies show no later touch (`Replicator::sweep`). Due
+//! keys left undone stay due, so instead of waking for them the sweeper
+//! re-checks every [`HOLD_RECHECK`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::debug;
 
-use crate::store::{Expiry, Store};
+use crate::replication::Replicator;
+use crate::store::{Expiry, Store, SweepReport};
 use crate::worker::{Worker, WorkerState};
 
 /// Entries handled per slice: few enough that a shard lock is held for well
@@ -29,51 +33,70 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How often a sweeper holding expiry looks whether it may resume.
 pub const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
-/// Whether expiry must be held now.
-type HoldExpiry = Box<dyn Fn() -> bool + Send>;
+/// Where the sweeper's slices of work come from: the store alone (a single
+/// node, whose own view of a ticket is the whole truth) or the replicator,
+/// which holds expiry while the node's clock is in doubt and confirms idle
+/// deaths with the peers first.
+pub trait Sweep: Send + Sync + 'static {
+    fn store(&self) -> &Store;
+    /// Handle at most `budget` due entries.
+    fn sweep(&self, budget: usize) -> impl Future<Output = SweepReport> + Send;
+}
 
-pub struct Sweeper {
-    store: Arc<Store>,
-    hold_expiry: HoldExpiry,
-    /// Whether the last slice held expiry.
+impl Sweep for Store {
+    fn store(&self) -> &Store {
+        self
+    }
+
+    async fn sweep(&self, budget: usize) -> SweepReport {
+        let mut report = Store::sweep(self, budget, Expiry::Tombstone);
+        let idle = std::mem::take(&mut report.idle_dead);
+        report.expired += self.expire_idle(&idle);
+        report
+    }
+}
+
+impl Sweep for Replicator {
+    fn store(&self) -> &Store {
+        Replicator::store(self)
+    }
+
+    async fn sweep(&self, budget: usize) -> SweepReport {
+        Replicator::sweep(self, budget).await
+    }
+}
+
+pub struct Sweeper<S: Sweep> {
+    source: Arc<S>,
+    /// Whether the last slice left due work undone (expiry held, or idle
+    /// deaths unconfirmed): then it looks again after [`HOLD_RECHECK`].
     holding: bool,
 }
 
-impl Sweeper {
-    pub fn new(store: Arc<Store>) -> Sweeper {
+impl<S: Sweep> Sweeper<S> {
+    pub fn new(source: Arc<S>) -> Sweeper<S> {
         Sweeper {
-            store,
-            hold_expiry: Box::new(|| false),
+            source,
             holding: false,
         }
     }
-
-    /// Hold expiry whenever `hold` says so (the node's clock is not trusted).
-    pub fn holding_expiry_while(mut self, hold: impl Fn() -> bool + Send + 'static) -> Sweeper {
-        self.hold_expiry = Box::new(hold);
-        self
-    }
 }
 
-impl Worker for Sweeper {
+impl<S: Sweep> Worker for Sweeper<S> {
     fn name(&self) -> &'static str {
         "sweeper"
     }
 
     async fn work(&mut self) -> WorkerState {
-        self.holding = (self.hold_expiry)();
-        let expiry = if self.holding {
-            Expiry::Hold
-        } else {
-            Expiry::Tombstone
-        };
         let started = std::time::Instant::now();
-        let report = self.store.sweep(SWEEP_SLICE, expiry);
-        if report.expired + report.purged + report.held > 0 {
+        let report = self.source.sweep(SWEEP_SLICE).await;
+        self.holding = report.held + report.unconfirmed > 0;
+        if report.expired + report.purged + report.held + report.unconfirmed > 0 {
             debug!(
                 expired = report.expired,
                 purged = report.purged,
                 held = report.held,
+                unconfirmed = report.unconfirmed,
                 "swept"
             );
         }
@@ -94,7 +117,7 @@ impl Worker for Sweeper {
             tokio::time::sleep(HOLD_RECHECK).await;
             return;
         }
-        let store = &self.store;
+        let store = self.source.store();
         let clock = store.hlc().clock().clone();
         let next = store.next_due().unwrap_or(u64::MAX);
         let wake = store.sweeper_waits_until(next);

@@ -385,6 +385,7 @@ impl TicketStore for TicketApi {
             bad_records: load(&replication.bad_records),
             batches: load(&self.batches),
             batched_calls: load(&self.batched_calls),
+            idle_deaths_unconfirmed: load(&replication.idle_deaths_unconfirmed),
         }))
     }
 }

@@ -171,6 +171,7 @@ fn stats_fields(stats: &NodeStats) -> Vec<(String, serde_json::Value)> {
         ("clock_fences", stats.clock_fences),
         ("batches", stats.batches),
         ("batched_calls", stats.batched_calls),
+        ("idle_deaths_unconfirmed", stats.idle_deaths_unconfirmed),
     ];
     let mut fields = vec![
         ("node_id".to_owned(), stats.node_id.clone().into()),

@@ -129,6 +129,9 @@ pub struct ReplicationStats {
     /// Times this node fenced itself because its clock disagreed with most of
     /// its peers (see [`Replicator::clock_fenced`]).
     pub clock_fences: AtomicU64,
+    /// Idle deaths the sweeper could not confirm with enough peers (see
+    /// [`Replicator::sweep`]); counted per try.
+    pub idle_deaths_unconfirmed: AtomicU64,
 }
 
 /// Who this node believes is in the cluster.
@@ -515,14 +518,49 @@ impl Replicator {
     }
 
     /// One slice of expiry work, as the sweeper runs it: at most `budget` due
-    /// entries, expiry held while this node's clock is in doubt.
+    /// entries, expiry held while this node's clock is in doubt, and idle
+    /// deaths confirmed with the peers before they become tombstones.
     pub async fn sweep(&self, budget: usize) -> SweepReport {
         let expiry = if self.expiry_held() {
             Expiry::Hold
         } else {
             Expiry::Tombstone
         };
-        self.store.sweep(budget, expiry)
+        let mut report = self.store.sweep(budget, expiry);
+        let idle = std::mem::take(&mut report.idle_dead);
+        if !idle.is_empty() {
+            if self.confirm_idle_deaths(&idle).await {
+                report.expired += self.store.expire_idle(&idle);
+            } else {
+                report.unconfirmed = idle.len();
+            }
+        }
+        report
+    }
+
+    /// Whether this node may take the idle deaths of `ids` for facts (review
+    /// #9). Its own `last_used` may miss a touch the others acknowledged (a
+    /// lost push, a partition), and a tombstone taken on it would win every
+    /// merge and undo that touch. A touch is acknowledged once it is on a
+    /// write quorum, so hearing the copies of [`Self::answers_to_rule_out`]
+    /// peers (merged into this node's) reaches at least one node that took
+    /// it. Until then the ticket stays a dead record here: never served,
+    /// tombstoned later or forgotten at its retention.
+    async fn confirm_idle_deaths(&self, ids: &[Arc<str>]) -> bool {
+        let needed = self.answers_to_rule_out();
+        if needed > 0 {
+            for chunk in ids.chunks(PUSH_BATCH) {
+                let chunk: Vec<String> = chunk.iter().map(|id| id.to_string()).collect();
+                if self.fetch_from_peers(&chunk).await < needed {
+                    self.stats
+                        .idle_deaths_unconfirmed
+                        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+        // The round trip may have put the clock in doubt meanwhile.
+        !self.expiry_held()
     }
 
     // ---- client operations ----
@@ -791,6 +829,12 @@ impl Replicator {
         if self.store.holds(id) {
             return usize::MAX;
         }
+        self.fetch_from_peers(&[id.to_owned()]).await
+    }
+
+    /// Ask every live peer for `ids` (at most [`PUSH_BATCH`]) and merge what
+    /// they hold. Returns how many peers answered within the call timeout.
+    async fn fetch_from_peers(&self, ids: &[String]) -> usize {
         let Some(network) = self.network().cloned() else {
             return 0;
         };
@@ -804,7 +848,7 @@ impl Replicator {
             .map(|peer| {
                 let network = network.clone();
                 let body = Body::Fetch(Fetch {
-                    ids: vec![id.to_owned()],
+                    ids: ids[..ids.len().min(PUSH_BATCH)].to_vec(),
                 });
                 async move { network.call(peer, body).await }
             })

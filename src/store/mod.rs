@@ -113,6 +113,12 @@ pub struct Counts {
 pub struct SweepReport {
     /// Live tickets that died (expired, idle or used up) and became tombstones.
     pub expired: usize,
+    /// Tickets whose idle time ran out on this node's view, handed back for
+    /// the caller to confirm (this node may have missed a touch) and then
+    /// [`Store::expire_idle`]; until then they stay dead records, never served.
+    pub idle_dead: Vec<Arc<str>>,
+    /// Idle deaths that could not be confirmed (too few peers answered).
+    pub unconfirmed: usize,
     /// Records forgotten (past hard deadline plus skew budget).
     pub purged: usize,
     /// Tickets this node's clock says expired, left as they are because expiry
@@ -1123,8 +1129,9 @@ impl Store {
 
     /// Handle at most `budget` due entries: live tickets that died become
     /// tombstones (cascading to their children) unless `expiry` holds them,
-    /// tombstones and dead records past retention are forgotten. Each shard lock
-    /// is held for one slice only.
+    /// except idle deaths, which go back in the report (`idle_dead`) to be
+    /// confirmed; tombstones and dead records past retention are forgotten.
+    /// Each shard lock is held for one slice only.
     pub fn sweep(&self, budget: usize, expiry: Expiry) -> SweepReport {
         let now = self.now();
         let mut report = SweepReport::default();
@@ -1171,6 +1178,9 @@ impl Store {
                 } else if expiry == Expiry::Hold && entry.liveness(now) == Liveness::Expired {
                     report.held += 1;
                     after = Some((due, id));
+                } else if dead_by_idle_only(entry, now, self.config.skew_budget_ms) {
+                    report.idle_dead.push(id.clone());
+                    after = Some((due, id));
                 } else {
                     report.expired += 1;
                     self.apply_locked(
@@ -1186,6 +1196,48 @@ impl Store {
             }
         }
         report.more_due = left == 0 && self.next_due().is_some_and(|due| due <= now);
+        self.finish_expiry(changes, forgotten_children, now);
+        report
+    }
+
+    /// Turn the idle deaths `ids` (from [`SweepReport::idle_dead`], once
+    /// confirmed) into tombstones, cascading to their children; an id that
+    /// came back to life meanwhile (a merged touch) is left. Returns how many.
+    pub fn expire_idle(&self, ids: &[Arc<str>]) -> usize {
+        let now = self.now();
+        let mut changes = Vec::new();
+        let mut expired = 0;
+        for id in ids {
+            let mut shard = self.lock(self.shard_index(id));
+            let dead = shard.entries.get(id).is_some_and(|entry| {
+                matches!(entry.liveness(now), Liveness::Expired | Liveness::UsedUp)
+                    && now < entry.retain_until_ms
+            });
+            if dead {
+                expired += 1;
+                self.apply_locked(
+                    &mut shard,
+                    None,
+                    id,
+                    Entry::tombstone(0),
+                    now,
+                    &mut changes,
+                    Record::Every,
+                );
+            }
+        }
+        self.finish_expiry(changes, Vec::new(), now);
+        expired
+    }
+
+    /// After expiry tombstones: cascade them to children, and drop forgotten
+    /// children from their parents' child index.
+    fn finish_expiry(
+        &self,
+        mut changes: Vec<Change>,
+        forgotten_children: Vec<(Arc<str>, Arc<str>)>,
+        now: Millis,
+    ) {
         self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
         for (parent, child) in forgotten_children {
             let mut shard = self.lock(self.shard_index(&parent));
@@ -1196,8 +1248,16 @@ impl Store {
                 }
             }
         }
-        report
     }
+}
+
+/// Whether `entry` died by its idle timeout alone: its hard deadline (with
+/// the skew slack) has not passed and no use limit ran out.
+fn dead_by_idle_only(entry: &Entry, now: Millis, skew_budget_ms: Millis) -> bool {
+    entry.liveness(now) == Liveness::Expired
+        && entry
+            .live()
+            .is_some_and(|inc| now < inc.identity.deadline_ms.saturating_add(skew_budget_ms))
 }
 
 /// Which changes the merge path records.

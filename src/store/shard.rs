@@ -52,8 +52,10 @@ struct IndexKeys {
 }
 
 /// When the sweeper must next look at an entry: the death of a live ticket
-/// (at once when used up; an idle one only after the skew budget, so a touch
-/// taken on a peer just before can still arrive), or forgetting a tombstone.
+/// (at once when used up; at its idle end or hard deadline only after the
+/// skew budget, so that no node whose clock runs ahead within the budget
+/// takes a death early, and a touch taken on a peer just before can still
+/// arrive), or forgetting a tombstone.
 fn due_of(entry: &Entry, skew_budget_ms: Millis) -> Millis {
     match &entry.state {
         State::Deleted => entry.retain_until_ms,
@@ -66,9 +68,8 @@ fn due_of(entry: &Entry, skew_budget_ms: Millis) -> Millis {
             if inc.is_used_up() {
                 0
             } else {
-                idle_end.map_or(inc.identity.deadline_ms, |end| {
-                    end.min(inc.identity.deadline_ms)
-                })
+                let hard_end = inc.identity.deadline_ms.saturating_add(skew_budget_ms);
+                idle_end.map_or(hard_end, |end| end.min(hard_end))
             }
         }
     }

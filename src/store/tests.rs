@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::*;
 use crate::clock::{Clock, HlcClock};
 use crate::entry::State;
-use crate::sweeper::Sweeper;
+use crate::sweeper::{Sweep, Sweeper};
 use crate::worker::{self, Shutdown};
 
 const EPOCH: Millis = 1_700_000_000_000;
@@ -362,20 +362,26 @@ async fn sweeper_removes_dead_tickets_and_later_their_tombstones() {
     store.put(child("ST-1", "TGT-1", 3_000)).unwrap();
     store.put(put("TGT-2", 60_000)).unwrap();
     assert_eq!(store.count().total, 3);
-    secs(4).await;
+    secs(3).await;
+    assert!(store.get("ST-1").is_err(), "dead at its deadline");
+    assert_eq!(stored_state(&store, "ST-1"), Some(false), "not yet swept");
+    secs(2).await;
     assert_eq!(
         store.count().by_kind.get("ST"),
         None,
-        "swept at its deadline"
+        "forgotten after its deadline and the skew slack (no copy is live)"
     );
     secs(7).await;
     let counts = store.count();
     assert_eq!(counts.total, 1);
     assert_eq!(counts.by_kind.get("TGT"), Some(&1));
-    // Tombstones stay until deadline + skew budget, so stale copies stay dead.
-    assert_eq!(stored_state(&store, "TGT-1"), Some(true), "a tombstone");
-    secs(2).await;
-    assert_eq!(stored_state(&store, "TGT-1"), None, "forgotten after skew");
+    assert_eq!(stored_state(&store, "TGT-1"), None);
+    // A deleted ticket's tombstone stays until deadline + skew budget, so
+    // stale copies stay dead.
+    store.delete("TGT-2").unwrap();
+    assert_eq!(stored_state(&store, "TGT-2"), Some(true), "a tombstone");
+    secs(50).await;
+    assert_eq!(stored_state(&store, "TGT-2"), None, "forgotten after skew");
     shutdown.stop();
     sweeper.await.unwrap();
 }
@@ -390,12 +396,31 @@ async fn a_holding_sweeper_waits_without_spinning_then_resumes() {
     let shutdown = Shutdown::new();
     let hold = Arc::new(AtomicBool::new(true));
     let checks = Arc::new(AtomicUsize::new(0));
-    let (held, counted) = (hold.clone(), checks.clone());
-    let sweeper = Sweeper::new(store.clone()).holding_expiry_while(move || {
-        counted.fetch_add(1, Ordering::Relaxed);
-        held.load(Ordering::Relaxed)
-    });
-    let _sweeper = worker::spawn(sweeper, &shutdown);
+    /// A store whose expiry is held while `hold` is set; counts the slices.
+    struct HeldStore {
+        store: Arc<Store>,
+        hold: Arc<AtomicBool>,
+        checks: Arc<AtomicUsize>,
+    }
+    impl Sweep for HeldStore {
+        fn store(&self) -> &Store {
+            &self.store
+        }
+        async fn sweep(&self, budget: usize) -> SweepReport {
+            self.checks.fetch_add(1, Ordering::Relaxed);
+            if self.hold.load(Ordering::Relaxed) {
+                self.store.sweep(budget, Expiry::Hold)
+            } else {
+                Sweep::sweep(&*self.store, budget).await
+            }
+        }
+    }
+    let source = HeldStore {
+        store: store.clone(),
+        hold: hold.clone(),
+        checks: checks.clone(),
+    };
+    let _sweeper = worker::spawn(Sweeper::new(Arc::new(source)), &shutdown);
     // Idle tickets: due after 1 s (plus the skew budget), kept for 60 s.
     for n in 0..1_000 {
         store
@@ -447,19 +472,21 @@ async fn sweep_works_in_bounded_slices() {
     for n in 0..1_000 {
         store.put(put(&format!("ST-{n}"), 2_000)).unwrap();
     }
-    secs(2).await;
+    // Hard deadline plus the skew slack: every copy is past its retention,
+    // so they are forgotten, no tombstone needed.
+    secs(3).await;
     let report = store.sweep(300, Expiry::Tombstone);
-    assert_eq!(report.expired, 300);
+    assert_eq!(report.purged, 300);
     assert!(report.more_due);
-    let mut expired = 300;
+    let mut purged = 300;
     loop {
         let report = store.sweep(300, Expiry::Tombstone);
-        if report.expired == 0 {
+        if report.purged == 0 {
             break;
         }
-        expired += report.expired;
+        purged += report.purged;
     }
-    assert_eq!(expired, 1_000);
+    assert_eq!(purged, 1_000);
     assert_eq!(store.count().total, 0);
 }
 
@@ -472,7 +499,12 @@ async fn a_held_sweep_tombstones_nothing_and_still_purges() {
     store.put(put("TGT-gone", 500)).unwrap();
     store.delete("TGT-gone").unwrap();
     for n in 0..10 {
-        store.put(put(&format!("ST-{n}"), 2_000)).unwrap();
+        store
+            .put(PutTicket {
+                idle_ms: Some(1_000),
+                ..put(&format!("TGT-{n}"), 60_000)
+            })
+            .unwrap();
     }
     secs(2).await;
     assert_eq!(stored_state(&store, "TGT-gone"), Some(true));
@@ -480,11 +512,13 @@ async fn a_held_sweep_tombstones_nothing_and_still_purges() {
     assert_eq!((report.expired, report.held, report.purged), (0, 10, 1));
     assert!(!report.more_due);
     assert_eq!(stored_state(&store, "TGT-gone"), None);
-    assert_eq!(stored_state(&store, "ST-3"), Some(false), "no tombstone");
-    assert!(store.get("ST-3").is_err(), "yet nothing expired is served");
+    assert_eq!(stored_state(&store, "TGT-3"), Some(false), "no tombstone");
+    assert!(store.get("TGT-3").is_err(), "yet nothing expired is served");
     let report = store.sweep(100, Expiry::Tombstone);
-    assert_eq!((report.expired, report.held), (10, 0));
-    assert_eq!(stored_state(&store, "ST-3"), Some(true));
+    assert_eq!((report.expired, report.held), (0, 0));
+    assert_eq!(report.idle_dead.len(), 10, "idle deaths, to confirm");
+    assert_eq!(store.expire_idle(&report.idle_dead), 10);
+    assert_eq!(stored_state(&store, "TGT-3"), Some(true));
 }
 
 #[tokio::test(start_paused = true)]

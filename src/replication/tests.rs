@@ -1040,6 +1040,60 @@ async fn a_touch_acknowledged_by_the_majority_survives_the_minoritys_sweeper() {
     }
 }
 
+// ---- deleted stays deleted across re-puts (review #6, #14) ----
+
+/// Review #6: a re-put of a live id on a partition's minority was refused
+/// (no write quorum) but kept there; the majority deleted the id and, once
+/// the old deadline passed, forgot the tombstone; at the heal the minority's
+/// incarnation spread and the logged-out session was back.
+#[tokio::test(start_paused = true)]
+async fn a_reput_on_the_minority_never_outlives_the_delete() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0]
+        .put(put("TGT-reput", 10_000))
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.isolate(&[2]);
+    cluster.nodes[0].delete("TGT-reput").await.unwrap();
+    let reput = cluster.nodes[2].put(put("TGT-reput", 600_000)).await;
+    assert!(reput.is_err(), "a minority acknowledged a put: {reput:?}");
+    // Past the old deadline and the skew budget: the majority forgets.
+    tokio::time::advance(Duration::from_secs(12)).await;
+    for node in &cluster.nodes[..2] {
+        node.sweep(1_000).await;
+        assert!(!node.store().holds("TGT-reput"));
+    }
+    cluster.heal();
+    cluster.converge().await;
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        assert!(
+            node.store().get("TGT-reput").is_err(),
+            "node {n}: the deleted session came back after the heal"
+        );
+    }
+}
+
+/// Review #14 (third bullet, second half): a plain put of a deleted id on a
+/// node that no longer held the tombstone (restarted) was acknowledged by
+/// peers whose tombstone won the merge: an acknowledged write, dead at once.
+#[tokio::test]
+async fn a_put_the_peers_tombstone_kills_is_not_acknowledged() {
+    let mut cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0].put(put("TGT-dead", 60_000)).await.unwrap();
+    cluster.nodes[0].delete("TGT-dead").await.unwrap();
+    cluster.converge().await;
+    cluster.restart(2);
+    cluster.set_views(&[0, 1, 2]);
+    let again = cluster.nodes[2].put(put("TGT-dead", 60_000)).await;
+    cluster.converge().await;
+    let alive = cluster.nodes[2].store().get("TGT-dead").is_ok();
+    assert!(
+        again.is_err() || alive,
+        "acknowledged ({again:?}), yet dead on every node"
+    );
+}
+
 /// Review #13 (second half): the wall clock was anchored at start, so a node
 /// fenced for a clock 30 s ahead stayed fenced after its system clock was
 /// corrected, until it restarted.

@@ -33,7 +33,7 @@ use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
 use tessera_proto::peer::{
     BucketDigests, ConsumeOp, Decide, Decided, DeleteMatching, DeletedMatching, Entries,
-    EntryRecord, ErrorReply, Fetch, Propose, Push, PushAck, UpdateOp, Vote, decide,
+    EntryRecord, ErrorReply, Fetch, Propose, Push, PushAck, UpdateOp, Vote, decide, entry_record,
 };
 use tonic::Code;
 use tracing::{debug, error, info, warn};
@@ -579,6 +579,18 @@ impl Replicator {
             let answered = self.read_repair(&put.id).await;
             if !self.store.holds(&put.id) && answered < self.answers_to_rule_out() {
                 return Err(self.holders_unreachable(answered));
+            }
+        } else if self.store.holds_live(&put.id) {
+            // A re-put replaces a live ticket: a delete taken elsewhere must
+            // win (it merges in here and the put is refused), and a side
+            // that cannot hear enough peers to see one writes nothing, since
+            // a write refused but kept would outlive the tombstone (review #6).
+            let answered = self.fetch_from_peers(std::slice::from_ref(&put.id)).await;
+            if answered < self.answers_to_rule_out() {
+                return Err(StoreError::Unavailable(format!(
+                    "replacing a live ticket needs {} peers to rule out a delete elsewhere; {answered} answered; retry",
+                    self.answers_to_rule_out()
+                )));
             }
         }
         let written = self.store.put(put)?;
@@ -1177,15 +1189,28 @@ impl Replicator {
     async fn handle_request(&self, from: &NodeId, body: Body) -> Body {
         match body {
             Body::Push(push) => {
-                let ids: Vec<String> = push.entries.iter().map(|r| r.id.clone()).collect();
+                let pushed: Vec<(String, bool)> = push
+                    .entries
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.id.clone(),
+                            matches!(r.state, Some(entry_record::State::Live(_))),
+                        )
+                    })
+                    .collect();
                 let applied = self.apply_records(push.entries);
                 // Held after the merge: a record dropped as bad or past its
-                // retention is no copy (review #8). A node whose clock is in
-                // doubt may have dropped it on a wrong clock: no copy either.
+                // retention is no copy (review #8), nor a live one a
+                // tombstone here killed (review #14). A node whose clock is
+                // in doubt may have dropped it on a wrong clock: no copy.
                 let stored = if self.expiry_held() {
                     0
                 } else {
-                    ids.iter().filter(|id| self.store.holds(id)).count()
+                    pushed
+                        .iter()
+                        .filter(|(id, live)| self.store.holds_pushed(id, *live))
+                        .count()
                 };
                 Body::PushAck(PushAck {
                     applied: applied as u32,

@@ -1041,6 +1041,22 @@ impl Store {
         self.lock(self.shard_index(id)).entries.contains_key(id)
     }
 
+    /// Whether this node holds the write a peer pushed for `id` after the
+    /// merge: any record for a pushed tombstone; for a pushed live record, a
+    /// record not deleted (a tombstone here won the merge and killed it).
+    pub fn holds_pushed(&self, id: &str, pushed_live: bool) -> bool {
+        let shard = self.lock(self.shard_index(id));
+        shard
+            .entries
+            .get(id)
+            .is_some_and(|entry| !pushed_live || !entry.is_deleted())
+    }
+
+    /// Whether `id` is live here: its own state and every ancestor's.
+    pub fn holds_live(&self, id: &str) -> bool {
+        self.effective_liveness(id, self.now()) == Some(true)
+    }
+
     /// The stored entry for `id`, as a peer would receive it.
     pub fn entry(&self, id: &str) -> Option<Entry> {
         self.lock(self.shard_index(id)).entries.get(id).cloned()

@@ -1094,6 +1094,32 @@ async fn a_put_the_peers_tombstone_kills_is_not_acknowledged() {
     );
 }
 
+/// Review #14 (fourth bullet): a node restarted by kill -9 starts its HLC
+/// from zero, so a proposal stamp it takes at once can equal one its previous
+/// run took (stamps run ahead of physical time while following a faster
+/// peer), and voters take an equal stamp for a retry. A restarted node takes
+/// no proposal stamp until its votes are trusted (caught up, then twice the
+/// skew budget: past every stamp of its previous run), and peers do not pick
+/// a node that reports not ready as an arbiter.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_decides_nothing_before_its_stamps_are_fresh() {
+    let mut cluster = TestCluster::new(3, ReplicationConfig::default());
+    let id = id_ruled_by(&cluster, 1, 0, "ST-fresh");
+    cluster.nodes[1].put(single_use(&id)).await.unwrap();
+    cluster.converge().await;
+    cluster.restart(0);
+    cluster.set_views(&[0, 1, 2]);
+    let refused = cluster.nodes[1].consume(&id).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("not ready")),
+        "{refused:?}"
+    );
+    // Once node 1 hears that node 0 is not ready, it arbitrates elsewhere.
+    cluster.nodes[1].set_not_ready([cluster.id(0)]);
+    assert_ne!(cluster.nodes[1].arbiter(&id), cluster.id(0));
+    cluster.nodes[1].consume(&id).await.unwrap();
+}
+
 /// Review #13 (second half): the wall clock was anchored at start, so a node
 /// fenced for a clock 30 s ahead stayed fenced after its system clock was
 /// corrected, until it restarted.

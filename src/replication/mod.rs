@@ -376,18 +376,19 @@ impl Replicator {
         self.expected_size() / 2 + 1
     }
 
-    /// The ticket's arbiter: highest rendezvous hash among live, non-draining
-    /// members (this node included) whose clock agrees with this node's: an
-    /// arbiter checks expiry on its own clock.
+    /// The ticket's arbiter: highest rendezvous hash among live, non-draining,
+    /// ready members (this node included) whose clock agrees with this
+    /// node's: an arbiter checks expiry on its own clock, and a node not ready
+    /// refuses to decide.
     pub fn arbiter(&self, id: &str) -> NodeId {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         let now = tokio::time::Instant::now();
         std::iter::once(&self.me)
-            .chain(
-                view.peers
-                    .iter()
-                    .filter(|p| !view.draining.contains(*p) && !view.is_skewed(p, now)),
-            )
+            .chain(view.peers.iter().filter(|p| {
+                !view.draining.contains(*p)
+                    && !view.not_ready.contains(*p)
+                    && !view.is_skewed(p, now)
+            }))
             .max_by_key(|node| rendezvous(node, id))
             .cloned()
             .unwrap_or_else(|| self.me.clone())
@@ -1274,13 +1275,25 @@ impl Replicator {
                 let Some(op) = decide.op else {
                     return error_reply(Code::InvalidArgument, "decide without an operation");
                 };
-                if self.clock_fenced() {
-                    // Not acted upon: the caller's client may fail over.
+                // Not acted upon: the caller's client may fail over.
+                let refusal = if self.clock_fenced() {
+                    Some(FENCED)
+                } else if !self.votes_trusted() {
+                    // A restarted node's HLC starts from zero, and its previous
+                    // run's stamps may have run up to the skew budget ahead of
+                    // physical time; until then a proposal stamp taken here
+                    // could repeat one of them, which voters take for a retry
+                    // (review #14). Readiness waits for the same.
+                    Some(STAMPS_NOT_FRESH)
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
                     return Body::Decided(Decided {
                         entry: None,
                         ticket: None,
                         code: Code::Unavailable as u32,
-                        message: FENCED.to_owned(),
+                        message: message.to_owned(),
                     });
                 }
                 debug!(ticket = %tag(&decide.id), from = %from, "deciding for a peer");
@@ -1516,6 +1529,10 @@ fn slot_taken(inc: &crate::entry::Incarnation, slot: &str) -> bool {
 /// How a node whose clock is in doubt refuses, before any work: the `not
 /// ready:` prefix tells clients the call was not acted upon.
 pub const CLOCK_IN_DOUBT: &str = "not ready: this node's clock disagrees with its peers' by more than the skew budget; use another node";
+
+/// How a node refuses a peer's decision before its votes are trusted (just
+/// started or restarted): not acted upon, like every `not ready:` refusal.
+pub const STAMPS_NOT_FRESH: &str = "not ready: this node has just started and takes no decision until it has caught up and waited out the skew budget; use another node";
 
 /// How a fenced node refuses. The `fenced:` prefix tells clients the call was
 /// not acted upon, so even a consume may be retried on another node.

@@ -1036,3 +1036,59 @@ async fn apply_many_of_a_big_batch_matches_the_writer() {
     assert_eq!(bulk.count().total, 1_999);
     assert_eq!(snapshot(&bulk), snapshot(&writer));
 }
+
+/// Review #14 (fifth bullet): the merge path checked and indexed the parent of
+/// whichever incarnation won, in the shard locked for the incoming entry's
+/// parent (or in the child's own shard): a touch of a child, or a merge that
+/// kept the held incarnation, left a children-index entry in a shard that no
+/// delete or sweep looks at.
+#[tokio::test(start_paused = true)]
+async fn the_children_index_lives_only_in_the_parents_shard() {
+    let a = store();
+    let b = Store::new(
+        StoreConfig {
+            shards: 8,
+            skew_budget_ms: SKEW,
+            limits: Limits::default(),
+        },
+        HlcClock::new(Clock::starting_at(EPOCH), "node-b".into()),
+    );
+    let shard_of = |id: &str| a.shard_index(id);
+    let ids: Vec<String> = (0..).map(|n| format!("TGT-{n}")).take(64).collect();
+    let p1 = ids[0].clone();
+    let p2 = ids
+        .iter()
+        .find(|id| shard_of(id) != shard_of(&p1))
+        .unwrap()
+        .clone();
+    let c = (0..)
+        .map(|n| format!("PGT-{n}"))
+        .find(|id| shard_of(id) != shard_of(&p1) && shard_of(id) != shard_of(&p2))
+        .unwrap();
+    let indexed_elsewhere = |store: &Store, parent: &str| {
+        (0..8)
+            .filter(|&shard| shard != store.shard_index(parent))
+            .any(|shard| store.lock(shard).children.contains_key(parent))
+    };
+    for store in [&a, &b] {
+        store.put(put(&p1, 60_000)).unwrap();
+        store.put(put(&p2, 60_000)).unwrap();
+    }
+    // Node b: the child under p1, kept 30 s; a touch of it.
+    b.put(child(&c, &p1, 30_000)).unwrap();
+    b.touch(&c).unwrap();
+    assert!(
+        !indexed_elsewhere(&b, &p1),
+        "a touch indexed the child off its parent's shard"
+    );
+    // Node a: a newer incarnation under p2, kept 10 s; then b's older one arrives
+    // (it loses, but its longer retention changes the merged entry).
+    secs(1).await;
+    a.put(child(&c, &p2, 10_000)).unwrap();
+    a.apply(&c, b.entry(&c).unwrap());
+    assert!(
+        !indexed_elsewhere(&a, &p2),
+        "a merge indexed the winner's parent in the loser's parent's shard"
+    );
+    assert_eq!(a.get(&c).unwrap().parent.as_deref(), Some(p2.as_str()));
+}

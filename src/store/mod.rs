@@ -560,6 +560,7 @@ impl Store {
                 idle_ms: put.idle_ms,
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
+            let parent_shard = parent_index.zip(parent_shard);
             self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes, Record::Every);
             shard
                 .entries
@@ -849,7 +850,7 @@ impl Store {
         self.with_pair(own, parent_index, |shard, parent_shard| {
             self.apply_locked(
                 shard,
-                parent_shard,
+                parent_index.zip(parent_shard),
                 &id,
                 incoming,
                 now,
@@ -917,14 +918,22 @@ impl Store {
         parent.is_none_or(|p| p == own).then_some(own)
     }
 
-    /// The merge path, under the entry's shard lock (and its parent's shard lock
-    /// when `parent_shard` is given, or when the parent shares the shard).
-    /// Records the change in `changes` as `record` says.
+    /// The merge path, under the entry's shard lock (and, as `parent_shard`,
+    /// its parent's shard lock with that shard's index, when the parent is
+    /// stored in another shard). Records the change in `changes` as `record`
+    /// says.
+    ///
+    /// When the merge stores an incarnation this node did not hold, its
+    /// parent is checked (a deleted parent kills it) and the child indexed
+    /// under it; an incarnation already held was checked and indexed when it
+    /// came (review #14: the held winner's parent was looked up in the shard
+    /// locked for the incoming one's). That parent is always the incoming
+    /// entry's, so callers lock the incoming entry's parent shard.
     #[allow(clippy::too_many_arguments)]
     fn apply_locked(
         &self,
         shard: &mut Shard,
-        parent_shard: Option<&mut Shard>,
+        mut parent_shard: Option<(usize, &mut Shard)>,
         id: &Arc<str>,
         incoming: Entry,
         now: Millis,
@@ -932,21 +941,38 @@ impl Store {
         record: Record,
     ) {
         let before = shard.entries.get(id);
+        let new_parent = new_incarnation_parent(before, &incoming).cloned();
+        // Whether that parent is stored in `parent_shard` (else in `shard`).
+        let in_parent_shard = new_parent.as_deref().is_some_and(|parent| {
+            let needed = self.shard_index(parent);
+            debug_assert!(
+                needed == self.shard_index(id)
+                    || parent_shard
+                        .as_ref()
+                        .is_some_and(|(locked, _)| *locked == needed),
+                "the parent's shard must be locked"
+            );
+            parent_shard
+                .as_ref()
+                .is_some_and(|(locked, _)| *locked == needed)
+        });
         let mut merged = merge_at(before.cloned(), incoming, now);
         let mut parent_key = None;
         if let Some(entry) = merged.as_mut()
             && let Some(inc) = entry.live()
         {
             let used_up = inc.is_used_up();
-            let parent = inc.identity.parent.clone();
-            let parent_deleted = parent.as_deref().is_some_and(|p| {
-                let holder: &Shard = parent_shard.as_deref().unwrap_or(&*shard);
+            let parent_deleted = new_parent.as_deref().is_some_and(|p| {
+                let holder: &Shard = match &parent_shard {
+                    Some((_, other)) if in_parent_shard => other,
+                    _ => shard,
+                };
                 holder.entries.get(p).is_some_and(Entry::is_deleted)
             });
             if used_up || parent_deleted {
                 entry.delete();
             } else {
-                parent_key = parent;
+                parent_key = new_parent;
             }
         }
         if merged.as_ref() == before {
@@ -954,9 +980,9 @@ impl Store {
         }
         // A child is indexed under its parent so a later delete of the parent finds it.
         if let Some(parent) = parent_key {
-            let holder: &mut Shard = match parent_shard {
-                Some(other) => other,
-                None => shard,
+            let holder: &mut Shard = match parent_shard.as_mut() {
+                Some((_, other)) if in_parent_shard => other,
+                _ => shard,
             };
             holder
                 .children
@@ -1265,6 +1291,21 @@ impl Store {
             }
         }
     }
+}
+
+/// The parent named by the incarnation that merging `incoming` into `held`
+/// stores when this node did not hold it before; `None` when the merge keeps
+/// the incarnation held (its parent was checked and indexed when it came),
+/// ends in a tombstone, or the winner has no parent. Mirrors `Entry::merge`.
+fn new_incarnation_parent<'a>(held: Option<&Entry>, incoming: &'a Entry) -> Option<&'a Arc<str>> {
+    let incoming_inc = incoming.live()?;
+    match held.map(|entry| entry.live()) {
+        None => {}
+        Some(None) => return None,
+        Some(Some(held_inc)) if incoming_inc.created <= held_inc.created => return None,
+        Some(Some(_)) => {}
+    }
+    incoming_inc.identity.parent.as_ref()
 }
 
 /// Whether `entry` died by its idle timeout alone: its hard deadline (with

@@ -1074,6 +1074,36 @@ async fn a_reput_on_the_minority_never_outlives_the_delete() {
     }
 }
 
+/// Review #5, with the CAS flow in mind: for up to one push after a delete
+/// returns, a node the push has not reached still serves the TGT (the window
+/// the README states), but a service ticket issued under it there is never
+/// acknowledged: the peers' tombstones kill it in the merge, so a deleted TGT
+/// never validates a new ST.
+#[tokio::test]
+async fn a_service_ticket_under_a_deleted_tgt_is_never_acknowledged() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    cluster.nodes[0].put(put("TGT-gone", 60_000)).await.unwrap();
+    cluster.converge().await;
+    cluster.hub.cut(&cluster.id(0), &cluster.id(2));
+    cluster.nodes[0].delete("TGT-gone").await.unwrap();
+    assert!(
+        cluster.nodes[2].get("TGT-gone").await.is_ok(),
+        "the stated window: node 2 has not heard of the delete"
+    );
+    let st = PutTicket {
+        parent: Some("TGT-gone".into()),
+        max_uses: 1,
+        ..put("ST-late", 10_000)
+    };
+    let issued = cluster.nodes[2].put(st).await;
+    assert!(issued.is_err(), "acknowledged under a deleted TGT: {issued:?}");
+    cluster.hub.heal_all();
+    cluster.converge().await;
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        assert!(node.store().get("ST-late").is_err(), "node {n} serves the ST");
+    }
+}
+
 /// Review #14 (third bullet, second half): a plain put of a deleted id on a
 /// node that no longer held the tombstone (restarted) was acknowledged by
 /// peers whose tombstone won the merge: an acknowledged write, dead at once.

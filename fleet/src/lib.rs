@@ -248,6 +248,12 @@ impl Fleet {
         docker(&["kill", "--signal", "KILL", &self.container(node)?]).map(drop)
     }
 
+    /// Start a killed node's container again: same node id, empty memory, as
+    /// ECS replaces a task that died (but at once).
+    pub fn start_again(&self, node: u8) -> anyhow::Result<()> {
+        docker(&["start", &self.container(node)?]).map(drop)
+    }
+
     /// SIGTERM (graceful leave), then start again, as a rolling deploy does.
     pub fn restart(&self, node: u8) -> anyhow::Result<()> {
         self.compose(&["restart", "--timeout", "20", &format!("node{node}")])

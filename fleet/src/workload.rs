@@ -366,6 +366,85 @@ impl Session {
     }
 }
 
+/// Most single-use tickets one [`Race`] puts (it is also stopped by time).
+const MAX_RACES: u64 = 20_000;
+
+/// Single-use tickets raced through every node at once: each is put once,
+/// then consumed at the same moment through one client per node (no
+/// failover). More than one success is a double consume, which the history's
+/// check counts; every ticket consumed must be dead on every node after.
+pub struct Race {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<RaceReport>,
+}
+
+/// What a race saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RaceReport {
+    /// Tickets put and raced.
+    pub raced: u64,
+    /// Tickets exactly one racer consumed.
+    pub won_once: u64,
+    /// Tickets no racer consumed (every racer refused, e.g. during a restart).
+    pub won_never: u64,
+}
+
+impl Race {
+    pub async fn start(
+        fleet: &Fleet,
+        nodes: &[u8],
+        tag: &str,
+        history: Arc<History>,
+    ) -> anyhow::Result<Race> {
+        let writer = fleet.client(nodes, Duration::from_secs(3)).await?;
+        let mut racers = Vec::new();
+        for node in nodes {
+            racers.push(fleet.client(&[*node], Duration::from_secs(3)).await?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let tag = tag.to_owned();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut report = RaceReport::default();
+                while !stop.load(Ordering::Relaxed) && report.raced < MAX_RACES {
+                    tokio::time::sleep(THINK).await;
+                    let st = format!("ST-race-{tag}-{}", report.raced);
+                    report.raced += 1;
+                    let put = NewTicket::new(st.clone(), Duration::from_secs(600))
+                        .kind("ST")
+                        .max_uses(1)
+                        .payload(vec![b's'; 200]);
+                    if history.record("put", writer.put(put)).await.is_none() {
+                        continue;
+                    }
+                    let outcomes =
+                        futures::future::join_all(racers.iter().map(|c| c.consume(&st))).await;
+                    let won = outcomes.iter().filter(|o| o.is_ok()).count() as u32;
+                    match won {
+                        0 => report.won_never += 1,
+                        1 => report.won_once += 1,
+                        _ => {}
+                    }
+                    if won > 0 {
+                        history.with(|r| {
+                            r.acknowledged += u64::from(won);
+                            r.consumed.insert(st, won);
+                        });
+                    }
+                }
+                report
+            }
+        });
+        Ok(Race { stop, task })
+    }
+
+    pub async fn stop(self) -> RaceReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
 /// Logs out sessions through `client` (the majority side of a partition):
 /// deletes up to `count` live TGTs of the history and records them.
 pub async fn logout_some(history: &History, client: &Client, count: usize) -> usize {

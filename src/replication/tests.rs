@@ -949,11 +949,16 @@ async fn clocks_within_the_budget_of_true_time_fence_nobody() {
 
 // ---- idle expiry (review #9) ----
 
-fn idle_session(id: &str) -> PutTicket {
-    PutTicket {
+/// Three nodes that all hold `TGT-idle`: idle timeout 10 s, deadline 60 s.
+async fn cluster_with_idle_session() -> TestCluster {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    let session = PutTicket {
         idle_ms: Some(10_000),
-        ..put(id, 60_000)
-    }
+        ..put("TGT-idle", 60_000)
+    };
+    cluster.nodes[0].put(session).await.unwrap();
+    cluster.converge().await;
+    cluster
 }
 
 /// Review #9: the sweeper turned an idle ticket into a tombstone on its own
@@ -961,12 +966,7 @@ fn idle_session(id: &str) -> PutTicket {
 /// the others had touched and acknowledged.
 #[tokio::test(start_paused = true)]
 async fn a_touch_whose_push_was_lost_survives_that_nodes_sweeper() {
-    let cluster = TestCluster::new(3, ReplicationConfig::default());
-    cluster.nodes[0]
-        .put(idle_session("TGT-idle"))
-        .await
-        .unwrap();
-    cluster.converge().await;
+    let cluster = cluster_with_idle_session().await;
     cluster.hub.cut(&cluster.id(0), &cluster.id(2));
     tokio::time::advance(Duration::from_secs(9)).await;
     cluster.nodes[0].touch("TGT-idle").await.unwrap();
@@ -1005,12 +1005,7 @@ async fn a_clock_ahead_within_the_budget_kills_no_ticket_early() {
 /// majority acknowledged, so it must not take the idle death for a fact.
 #[tokio::test(start_paused = true)]
 async fn a_touch_acknowledged_by_the_majority_survives_the_minoritys_sweeper() {
-    let cluster = TestCluster::new(3, ReplicationConfig::default());
-    cluster.nodes[0]
-        .put(idle_session("TGT-idle"))
-        .await
-        .unwrap();
-    cluster.converge().await;
+    let cluster = cluster_with_idle_session().await;
     cluster.isolate(&[2]);
     tokio::time::advance(Duration::from_secs(9)).await;
     cluster.nodes[0].touch("TGT-idle").await.unwrap();
@@ -1096,11 +1091,17 @@ async fn a_service_ticket_under_a_deleted_tgt_is_never_acknowledged() {
         ..put("ST-late", 10_000)
     };
     let issued = cluster.nodes[2].put(st).await;
-    assert!(issued.is_err(), "acknowledged under a deleted TGT: {issued:?}");
+    assert!(
+        issued.is_err(),
+        "acknowledged under a deleted TGT: {issued:?}"
+    );
     cluster.hub.heal_all();
     cluster.converge().await;
     for (n, node) in cluster.nodes.iter().enumerate() {
-        assert!(node.store().get("ST-late").is_err(), "node {n} serves the ST");
+        assert!(
+            node.store().get("ST-late").is_err(),
+            "node {n} serves the ST"
+        );
     }
 }
 

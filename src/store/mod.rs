@@ -823,15 +823,7 @@ impl Store {
             return false;
         }
         let was_live = entry.liveness(now) == Liveness::Live;
-        self.apply_locked(
-            &mut shard,
-            None,
-            id,
-            Entry::tombstone(0),
-            now,
-            changes,
-            Record::Every,
-        );
+        self.tombstone_locked(&mut shard, id, now, changes);
         was_live
     }
 
@@ -999,6 +991,26 @@ impl Store {
         if let Some(due) = due {
             self.wake_sweeper_for(due);
         }
+    }
+
+    /// Turn `id` into a tombstone under its shard lock (its retention kept),
+    /// recording the change to replicate; children cascade afterwards.
+    fn tombstone_locked(
+        &self,
+        shard: &mut Shard,
+        id: &Arc<str>,
+        now: Millis,
+        changes: &mut Vec<Change>,
+    ) {
+        self.apply_locked(
+            shard,
+            None,
+            id,
+            Entry::tombstone(0),
+            now,
+            changes,
+            Record::Every,
+        );
     }
 
     /// Tombstone every child of every tombstone in `changes`, recursively
@@ -1225,15 +1237,7 @@ impl Store {
                     after = Some((due, id));
                 } else {
                     report.expired += 1;
-                    self.apply_locked(
-                        &mut shard,
-                        None,
-                        &id,
-                        Entry::tombstone(0),
-                        now,
-                        &mut changes,
-                        Record::Every,
-                    );
+                    self.tombstone_locked(&mut shard, &id, now, &mut changes);
                 }
             }
         }
@@ -1257,15 +1261,7 @@ impl Store {
             });
             if dead {
                 expired += 1;
-                self.apply_locked(
-                    &mut shard,
-                    None,
-                    id,
-                    Entry::tombstone(0),
-                    now,
-                    &mut changes,
-                    Record::Every,
-                );
+                self.tombstone_locked(&mut shard, id, now, &mut changes);
             }
         }
         self.finish_expiry(changes, Vec::new(), now);

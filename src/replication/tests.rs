@@ -1151,6 +1151,77 @@ async fn a_restarted_node_decides_nothing_before_its_stamps_are_fresh() {
     cluster.nodes[1].consume(&id).await.unwrap();
 }
 
+// ---- ballots: a slot is never lost (review #14, second bullet) ----
+
+/// Review #14 (second bullet): without ballots, two proposers that split the
+/// votes of a slot (4 nodes, 2 votes each, 3 needed) burnt it: every later
+/// consume of the ticket failed, so "exactly one succeeds" became "none".
+#[tokio::test]
+async fn a_slot_split_between_two_proposers_is_won_later() {
+    let cluster = TestCluster::new(4, ReplicationConfig::default());
+    let id = "ST-split";
+    cluster.nodes[0].put(single_use(id)).await.unwrap();
+    cluster.converge().await;
+    // Node 0 reaches only node 2, node 1 only node 3.
+    for (a, b) in [(0, 1), (0, 3), (1, 2)] {
+        cluster.hub.cut(&cluster.id(a), &cluster.id(b));
+    }
+    for proposer in [0, 1] {
+        let split = cluster.nodes[proposer]
+            .decide_here(id, decide::Op::Consume(ConsumeOp {}), false)
+            .await;
+        assert!(
+            split.is_err(),
+            "node {proposer} won with 2 of 4 votes: {split:?}"
+        );
+    }
+    cluster.hub.heal_all();
+    let once = cluster.nodes[2].consume(id).await;
+    assert!(once.is_ok(), "the split slot was lost: {once:?}");
+    let twice = cluster.nodes[3].consume(id).await;
+    assert!(
+        twice.is_err(),
+        "a single-use ticket was consumed twice: {twice:?}"
+    );
+}
+
+/// Review #14 (second bullet): an arbiter that won the votes of a slot and
+/// died before its use spread left the slot held for a proposal nobody
+/// could finish; the ticket's remaining uses were lost. The next proposer
+/// must finish that proposal (its client may have been told it won) and
+/// take the next use.
+#[tokio::test]
+async fn a_slot_won_by_a_dead_arbiter_is_finished_by_the_next() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    let id = "PT-orphan";
+    cluster.nodes[0]
+        .put(PutTicket {
+            max_uses: 2,
+            ..put(id, 60_000)
+        })
+        .await
+        .unwrap();
+    cluster.converge().await;
+    // Node 0 wins use 1 with the votes of nodes 1 and 2, and dies at once.
+    let proposal = cluster.nodes[0].store().hlc().stamp();
+    let incarnation = cluster.nodes[1].store().incarnation_of(id);
+    let retain = cluster.nodes[1].store().entry(id).unwrap().retain_until_ms;
+    for voter in [1, 2] {
+        let vote = cluster.nodes[voter].accept(id, incarnation.clone(), "use:1", &proposal, retain);
+        assert!(vote.is_ok(), "node {voter} did not vote");
+    }
+    cluster.hub.leave(&cluster.id(0));
+    cluster.set_views(&[1, 2]);
+    let next = cluster.nodes[1].consume(id).await;
+    let view = next.unwrap_or_else(|e| panic!("the orphaned slot blocks the ticket: {e:?}"));
+    assert_eq!(
+        view.uses, 2,
+        "use 1 is the dead arbiter's, finished; this is use 2"
+    );
+    let third = cluster.nodes[2].consume(id).await;
+    assert!(third.is_err(), "a third use of a two-use ticket: {third:?}");
+}
+
 /// Review #13 (second half): the wall clock was anchored at start, so a node
 /// fenced for a clock 30 s ahead stayed fenced after its system clock was
 /// corrected, until it restarted.

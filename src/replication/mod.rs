@@ -44,7 +44,7 @@ use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{Expiry, PutTicket, Store, SweepReport, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
-use votes::{Ballot, SlotKey, VoteBook};
+use votes::{Ballot, BallotId, SlotKey, SlotVotes, VoteBook};
 use wire::{
     NodeIds, from_record, from_record_with, hlc_from_wire, hlc_to_wire, stamp_from_wire,
     stamp_to_wire, to_record,
@@ -53,6 +53,8 @@ use wire::{
 /// How many times a decision is tried again after a voter handed back a copy
 /// that showed the slot taken (each try merges what it learned).
 const DECIDE_ATTEMPTS: usize = 3;
+/// Ballots a proposer runs to recover a slot before it gives up (see [`votes`]).
+const RECOVERY_ROUNDS: usize = 4;
 /// `votes_from_ms` before this node has caught up.
 const NOT_CAUGHT_UP: Millis = Millis::MAX;
 /// Entries per push message.
@@ -993,7 +995,13 @@ impl Replicator {
                     debug!(ticket = %tag(id), slot, "a voter's copy is newer; deciding again");
                     self.apply_records(records);
                 }
-                Err(SlotLoss::Stale(_)) => {
+                Err(SlotLoss::Finished) if attempt < DECIDE_ATTEMPTS => {
+                    // Its proposer's client may have been told it won.
+                    debug!(ticket = %tag(id), slot, "finished another proposal's use");
+                    let written = self.store.consume(id)?;
+                    self.replicate(written).await?;
+                }
+                Err(SlotLoss::Stale(_) | SlotLoss::Finished) => {
                     return Err(StoreError::Unavailable(
                         "the ticket kept changing while this node decided; retry".into(),
                     ));
@@ -1041,13 +1049,10 @@ impl Replicator {
         let majority = self.majority();
         let mut granted = 0;
         let mut reason = None;
-        match self.accept(id, Some(current.created.clone()), slot, &proposal, retain) {
-            Ok(()) => granted += 1,
-            Err(Refusal::Voted(_)) => {
-                return Err(SlotLoss::Failed(StoreError::Unavailable(format!(
-                    "another consume or update of this ticket holds {slot}"
-                ))));
-            }
+        let fast = Phase::Fast(proposal.clone());
+        match self.accept(id, Some(current.created.clone()), slot, &fast, retain) {
+            Ok(_) => granted += 1,
+            Err(Refusal::Voted(_)) => return self.recover_slot(id, current, slot, &proposal).await,
             Err(Refusal::Taken(entry)) => {
                 return Err(SlotLoss::Stale(vec![to_record(id, &entry)]));
             }
@@ -1073,6 +1078,7 @@ impl Replicator {
                     proposal: Some(stamp_to_wire(&proposal)),
                     retain_until_ms: retain,
                     incarnation: Some(stamp_to_wire(&current.created)),
+                    ..Propose::default()
                 });
                 async move { network.call(peer, body).await }
             })
@@ -1101,9 +1107,8 @@ impl Replicator {
         if granted >= majority {
             Ok(())
         } else if refused {
-            Err(SlotLoss::Failed(StoreError::Unavailable(format!(
-                "another node's consume or update of this ticket holds {slot}"
-            ))))
+            // Votes split, or a proposer holds the slot that never finished.
+            self.recover_slot(id, current, slot, &proposal).await
         } else {
             Err(SlotLoss::Failed(
                 self.no_majority(granted, majority, reason),
@@ -1111,16 +1116,192 @@ impl Replicator {
         }
     }
 
-    /// The acceptor: whether this node votes for `proposal` on `slot` of the
-    /// incarnation created at `incarnation` (rules R1 to R5 of [`votes`]).
+    /// Win `slot` with ballots after its fast path failed because another
+    /// proposal holds votes on it (see [`votes`]: rounds 1, 2, ..., the value
+    /// chosen from a majority's reports). `Ok` when this node's `proposal`
+    /// won; [`SlotLoss::Finished`] when another's did and must be counted.
+    async fn recover_slot(
+        &self,
+        id: &str,
+        current: &crate::store::DecideState,
+        slot: &str,
+        proposal: &crate::clock::Stamp,
+    ) -> Result<(), SlotLoss> {
+        let held = || {
+            SlotLoss::Failed(StoreError::Unavailable(format!(
+                "another consume or update of this ticket holds {slot}"
+            )))
+        };
+        // A `version:` slot cannot be finished without the lost update.
+        if !slot.starts_with("use:") {
+            return Err(held());
+        }
+        let majority = self.majority();
+        let mut round = 1;
+        for attempt in 0..RECOVERY_ROUNDS {
+            if attempt > 0 {
+                // Two proposers outbidding each other: one waits longer.
+                let jitter = self.stripes.hash_one((proposal, attempt)) % 20;
+                tokio::time::sleep(Duration::from_millis(5 + jitter)).await;
+            }
+            let ballot = BallotId {
+                round,
+                proposal: proposal.clone(),
+            };
+            let promises = self
+                .run_phase(id, current, slot, &Phase::Prepare(ballot.clone()))
+                .await;
+            if let Some(entry) = promises.taken {
+                return Err(SlotLoss::Stale(vec![entry]));
+            }
+            if promises.older_voter {
+                return Err(held());
+            }
+            if promises.granted < majority {
+                if promises.highest_promise >= round {
+                    round = promises.highest_promise + 1;
+                    continue;
+                }
+                return Err(SlotLoss::Failed(self.no_majority(
+                    promises.granted,
+                    majority,
+                    promises.refusal,
+                )));
+            }
+            let Some(value) = choose_value(
+                &promises.accepted,
+                promises.granted,
+                self.expected_size(),
+                majority,
+                proposal,
+            ) else {
+                return Err(SlotLoss::Failed(StoreError::Unavailable(format!(
+                    "two proposals may each have won {slot} and too few voters answered to tell; retry"
+                ))));
+            };
+            let accepts = self
+                .run_phase(id, current, slot, &Phase::Accept(ballot, value.clone()))
+                .await;
+            if let Some(entry) = accepts.taken {
+                return Err(SlotLoss::Stale(vec![entry]));
+            }
+            if accepts.granted >= majority {
+                debug!(ticket = %tag(id), slot, round, "slot won with a ballot");
+                return if value == *proposal {
+                    Ok(())
+                } else {
+                    Err(SlotLoss::Finished)
+                };
+            }
+            if accepts.highest_promise >= round {
+                round = accepts.highest_promise + 1;
+                continue;
+            }
+            return Err(SlotLoss::Failed(self.no_majority(
+                accepts.granted,
+                majority,
+                accepts.refusal,
+            )));
+        }
+        Err(held())
+    }
+
+    /// Run one phase of a ballot on this node and every live peer, and wait
+    /// for every answer (up to the call timeout): the more voters report,
+    /// the fewer round-0 votes are unknown.
+    async fn run_phase(
+        &self,
+        id: &str,
+        current: &crate::store::DecideState,
+        slot: &str,
+        phase: &Phase,
+    ) -> PhaseAnswers {
+        let mut answers = PhaseAnswers::default();
+        let retain = current.retain_until_ms;
+        match self.accept(id, Some(current.created.clone()), slot, phase, retain) {
+            Ok(accepted) => {
+                answers.granted += 1;
+                answers.accepted.extend(accepted);
+            }
+            Err(Refusal::Voted(votes)) => answers.highest_promise = votes.promised.round,
+            Err(Refusal::Taken(entry)) => {
+                answers.taken = Some(to_record(id, &entry));
+                return answers;
+            }
+            Err(Refusal::Cannot(why)) => answers.refusal = Some(why),
+        }
+        let Some(network) = self.network().cloned() else {
+            return answers;
+        };
+        let (round, prepare, value) = phase.to_wire();
+        let mut calls: FuturesUnordered<_> = self
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                let network = network.clone();
+                let body = Body::Propose(Propose {
+                    id: id.to_owned(),
+                    slot: slot.to_owned(),
+                    proposal: Some(stamp_to_wire(phase.proposal())),
+                    retain_until_ms: retain,
+                    incarnation: Some(stamp_to_wire(&current.created)),
+                    round,
+                    prepare,
+                    value: value.clone(),
+                });
+                async move { network.call(&peer, body).await }
+            })
+            .collect();
+        let deadline = tokio::time::sleep(self.config.call_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                reply = calls.next() => match reply {
+                    Some(Ok(Body::Vote(vote))) => {
+                        if !vote.ballots {
+                            answers.older_voter = true;
+                        } else if let Some(entry) = vote.entry {
+                            answers.taken = Some(entry);
+                            return answers;
+                        } else if vote.granted {
+                            answers.granted += 1;
+                            if let (Some(ballot), Some(value)) = (vote.accepted_ballot, vote.accepted_value)
+                                && let (Ok(ballot), Ok(value)) = (
+                                    stamp_from_wire(Some(ballot), "accepted_ballot"),
+                                    stamp_from_wire(Some(value), "accepted_value"),
+                                )
+                            {
+                                let ballot = BallotId { round: vote.accepted_round, proposal: ballot };
+                                answers.accepted.push((ballot, value));
+                            }
+                        } else {
+                            answers.highest_promise = answers.highest_promise.max(vote.promised_round);
+                            if vote.voted_for.is_none() {
+                                answers.refusal = Some(vote.refusal);
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        answers
+    }
+
+    /// The acceptor: whether this node grants `phase` of a proposal on `slot`
+    /// of the incarnation created at `incarnation` (rules R1 to R7 of
+    /// [`votes`]). A promise (phase 1) returns what was accepted before.
     fn accept(
         &self,
         id: &str,
         incarnation: Option<crate::clock::Stamp>,
         slot: &str,
-        proposal: &crate::clock::Stamp,
+        phase: &Phase,
         retain_until_ms: Millis,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<(BallotId, crate::clock::Stamp)>, Refusal> {
+        let proposal = phase.proposal();
         let now = self.store.hlc().clock().now_ms();
         let clustered = self.expected_size() >= 2;
         // R1
@@ -1162,16 +1343,18 @@ impl Replicator {
         {
             return Err(Refusal::Taken(entry));
         }
-        // R5
+        // R5 to R7
         let key: SlotKey = (id.to_owned(), Some(incarnation), slot.to_owned());
-        match self.votes.lock().unwrap_or_else(|e| e.into_inner()).vote(
-            key,
-            proposal,
-            retain_until_ms,
-            now,
-        ) {
-            Ballot::Granted => Ok(()),
-            Ballot::Refused(other) => Err(Refusal::Voted(other)),
+        let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = match phase {
+            Phase::Fast(proposal) => book.vote(key, proposal, retain_until_ms, now),
+            Phase::Prepare(ballot) => book.prepare(key, ballot, retain_until_ms, now),
+            Phase::Accept(ballot, value) => book.accept(key, ballot, value, retain_until_ms, now),
+        };
+        match answer {
+            Ballot::Granted => Ok(None),
+            Ballot::Promised(accepted) => Ok(accepted),
+            Ballot::Refused(votes) => Err(Refusal::Voted(votes)),
         }
     }
 
@@ -1231,36 +1414,54 @@ impl Replicator {
                 })
             }
             Body::Propose(propose) => {
-                let Ok(proposal) = stamp_from_wire(propose.proposal, "proposal") else {
+                let Ok(proposal) = stamp_from_wire(propose.proposal.clone(), "proposal") else {
                     return error_reply(Code::InvalidArgument, "proposal without a stamp");
                 };
-                let incarnation = match propose.incarnation {
+                let incarnation = match propose.incarnation.clone() {
                     Some(stamp) => match stamp_from_wire(Some(stamp), "incarnation") {
                         Ok(stamp) => Some(stamp),
                         Err(_) => return error_reply(Code::InvalidArgument, "bad incarnation"),
                     },
                     None => None,
                 };
+                let phase = match Phase::from_wire(&propose, proposal) {
+                    Ok(phase) => phase,
+                    Err(e) => return error_reply(Code::InvalidArgument, &e),
+                };
                 let refused = |refusal: String| Vote {
                     granted: false,
-                    voted_for: None,
-                    entry: None,
                     refusal,
+                    ballots: true,
+                    ..Vote::default()
                 };
                 Body::Vote(
                     match self.accept(
                         &propose.id,
                         incarnation,
                         &propose.slot,
-                        &proposal,
+                        &phase,
                         propose.retain_until_ms,
                     ) {
-                        Ok(()) => Vote {
-                            granted: true,
-                            ..refused(String::new())
-                        },
-                        Err(Refusal::Voted(other)) => Vote {
-                            voted_for: Some(stamp_to_wire(&other)),
+                        Ok(accepted) => {
+                            let (accepted_round, accepted_ballot, accepted_value) = match accepted {
+                                Some((ballot, value)) => (
+                                    ballot.round,
+                                    Some(stamp_to_wire(&ballot.proposal)),
+                                    Some(stamp_to_wire(&value)),
+                                ),
+                                None => (0, None, None),
+                            };
+                            Vote {
+                                granted: true,
+                                accepted_round,
+                                accepted_ballot,
+                                accepted_value,
+                                ..refused(String::new())
+                            }
+                        }
+                        Err(Refusal::Voted(votes)) => Vote {
+                            voted_for: Some(stamp_to_wire(votes.holder())),
+                            promised_round: votes.promised.round,
                             ..refused("voted for another proposal".to_owned())
                         },
                         Err(Refusal::Taken(entry)) => Vote {
@@ -1499,7 +1700,26 @@ fn rendezvous(node: &NodeId, id: &str) -> u64 {
 enum SlotLoss {
     /// A voter's copy showed the slot taken: merge these and decide again.
     Stale(Vec<EntryRecord>),
+    /// Another proposal won the slot, finished by this node's ballot: count
+    /// its use and decide again on the next slot.
+    Finished,
     Failed(StoreError),
+}
+
+/// What one phase of a ballot heard (see [`Replicator::run_phase`]).
+#[derive(Default)]
+struct PhaseAnswers {
+    granted: usize,
+    /// Phase 1: what the voters that promised had accepted.
+    accepted: Vec<(BallotId, crate::clock::Stamp)>,
+    /// The highest round a refusing voter had promised.
+    highest_promise: u32,
+    /// A voter's copy showed the slot taken.
+    taken: Option<EntryRecord>,
+    /// A voter that predates ballots answered: its refusal says nothing of
+    /// the values it holds, so this slot cannot be recovered with it.
+    older_voter: bool,
+    refusal: Option<String>,
 }
 
 /// Why this node refuses a proposal (see [`votes`]).
@@ -1508,8 +1728,88 @@ enum Refusal {
     Cannot(String),
     /// R4: its copy shows the slot taken; handed back to the proposer.
     Taken(crate::entry::Entry),
-    /// R5: it voted for this other proposal.
-    Voted(crate::clock::Stamp),
+    /// R5 to R7: the slot's votes here hold another proposal or a higher
+    /// ballot.
+    Voted(SlotVotes),
+}
+
+/// What a proposal asks of a voter (see [`votes`]).
+#[derive(Clone, Debug)]
+enum Phase {
+    /// Round 0: a vote for this proposal (R5).
+    Fast(crate::clock::Stamp),
+    /// Phase 1 of a ballot (R6).
+    Prepare(BallotId),
+    /// Phase 2: accept the value, a proposal stamp (R7).
+    Accept(BallotId, crate::clock::Stamp),
+}
+
+impl Phase {
+    /// The stamp of the proposal that runs this phase.
+    fn proposal(&self) -> &crate::clock::Stamp {
+        match self {
+            Phase::Fast(proposal) => proposal,
+            Phase::Prepare(ballot) | Phase::Accept(ballot, _) => &ballot.proposal,
+        }
+    }
+
+    /// The fields of a `Propose` that carry it (round 0: what every peer
+    /// that predates ballots reads as its one vote).
+    fn to_wire(&self) -> (u32, bool, Option<tessera_proto::peer::Stamp>) {
+        match self {
+            Phase::Fast(_) => (0, false, None),
+            Phase::Prepare(ballot) => (ballot.round, true, None),
+            Phase::Accept(ballot, value) => (ballot.round, false, Some(stamp_to_wire(value))),
+        }
+    }
+
+    fn from_wire(propose: &Propose, proposal: crate::clock::Stamp) -> Result<Phase, String> {
+        if propose.round == 0 {
+            return Ok(Phase::Fast(proposal));
+        }
+        let ballot = BallotId {
+            round: propose.round,
+            proposal,
+        };
+        if propose.prepare {
+            return Ok(Phase::Prepare(ballot));
+        }
+        let value = stamp_from_wire(propose.value.clone(), "value").map_err(|e| e.to_string())?;
+        Ok(Phase::Accept(ballot, value))
+    }
+}
+
+/// Paxos's choice of the value for a slot's phase 2 (see [`votes`]):
+/// `reports` are what the `promised` voters (of `expected`, `majority`
+/// needed) had accepted. `None`: two proposals could each have won round 0.
+fn choose_value(
+    reports: &[(BallotId, crate::clock::Stamp)],
+    promised: usize,
+    expected: usize,
+    majority: usize,
+    own: &crate::clock::Stamp,
+) -> Option<crate::clock::Stamp> {
+    if let Some((_, value)) = reports
+        .iter()
+        .filter(|(ballot, _)| ballot.round >= 1)
+        .max_by(|a, b| a.0.cmp(&b.0))
+    {
+        return Some(value.clone());
+    }
+    let unheard = expected.saturating_sub(promised);
+    let mut counts: HashMap<&crate::clock::Stamp, usize> = HashMap::new();
+    for (_, value) in reports {
+        *counts.entry(value).or_default() += 1;
+    }
+    let mut could_have_won = counts
+        .into_iter()
+        .filter(|(_, votes)| votes + unheard >= majority)
+        .map(|(value, _)| value);
+    match (could_have_won.next(), could_have_won.next()) {
+        (None, _) => Some(own.clone()),
+        (Some(value), None) => Some(value.clone()),
+        _ => None,
+    }
 }
 
 /// Whether incarnation `inc` shows `slot` taken: the use already counted, or

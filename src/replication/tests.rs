@@ -1207,7 +1207,8 @@ async fn a_slot_won_by_a_dead_arbiter_is_finished_by_the_next() {
     let incarnation = cluster.nodes[1].store().incarnation_of(id);
     let retain = cluster.nodes[1].store().entry(id).unwrap().retain_until_ms;
     for voter in [1, 2] {
-        let vote = cluster.nodes[voter].accept(id, incarnation.clone(), "use:1", &proposal, retain);
+        let fast = Phase::Fast(proposal.clone());
+        let vote = cluster.nodes[voter].accept(id, incarnation.clone(), "use:1", &fast, retain);
         assert!(vote.is_ok(), "node {voter} did not vote");
     }
     cluster.hub.leave(&cluster.id(0));
@@ -1283,4 +1284,49 @@ async fn create_only_on_a_node_lacking_the_id_replaces_nothing() {
     );
     let kept = cluster.nodes[1].get("TGT-held").await.unwrap();
     assert_eq!(kept.version, first.version, "the live ticket was replaced");
+}
+
+/// The value rule of a ballot's phase 2 (see `votes`), case by case.
+#[test]
+fn a_ballot_adopts_what_could_have_won_and_only_that() {
+    let stamp = |n: u64, node: &str| crate::clock::Stamp {
+        hlc: crate::clock::Hlc {
+            wall_ms: n,
+            logical: 0,
+        },
+        node: node.into(),
+    };
+    let (x, y, own) = (stamp(1, "x"), stamp(2, "y"), stamp(3, "me"));
+    let fast = |value: &crate::clock::Stamp| {
+        (
+            BallotId {
+                round: 0,
+                proposal: value.clone(),
+            },
+            value.clone(),
+        )
+    };
+    // 3 nodes, majority 2. Two voters report x: it may have won.
+    assert_eq!(
+        choose_value(&[fast(&x), fast(&x)], 2, 3, 2, &own),
+        Some(x.clone())
+    );
+    // All four of 4 heard, 2 and 2: neither won round 0.
+    let split = [fast(&x), fast(&x), fast(&y), fast(&y)];
+    assert_eq!(choose_value(&split, 4, 4, 3, &own), Some(own.clone()));
+    // x and y once each, one voter unheard: either may have won.
+    assert_eq!(choose_value(&[fast(&x), fast(&y)], 2, 3, 2, &own), None);
+    // A value accepted in round 1 or more outranks every round-0 vote.
+    let round_one = (
+        BallotId {
+            round: 1,
+            proposal: stamp(9, "z"),
+        },
+        y.clone(),
+    );
+    assert_eq!(
+        choose_value(&[fast(&x), fast(&x), round_one], 3, 3, 2, &own),
+        Some(y)
+    );
+    assert_eq!(choose_value(&[], 2, 3, 2, &own), Some(own));
 }

@@ -35,7 +35,31 @@
 //!   tombstone, a newer incarnation, the use already counted or a newer
 //!   payload version. It then refuses and hands its copy back, so the proposer
 //!   merges it and decides again on current state (or finds the ticket gone).
-//! - **R5, the book.** It has not voted for another proposal on the slot.
+//! - **R5, the fast path (round 0).** It has neither voted nor promised on
+//!   the slot (the same proposal again is a retry). Most decisions end here:
+//!   one round trip, the arbiter's proposal, a majority of votes.
+//! - **R6, phase 1 of ballot (r, p), r >= 1.** It has promised no higher
+//!   ballot; it promises this one and reports the ballot and value it
+//!   accepted last, if any (a round-0 vote is accepted ballot (0, q), value q).
+//! - **R7, phase 2.** It accepts (ballot, value) unless it promised a higher
+//!   ballot.
+//!
+//! Ballots exist so that a slot is never lost (review #14): when the fast
+//! path fails because votes split (two proposers, neither with a majority) or
+//! because the slot holds the vote of a proposer that died after winning it,
+//! the proposer runs Paxos for the slot with rounds 1, 2, ... A value is the
+//! proposal that wins; the proposer chooses it from the phase-1 reports of
+//! a majority, as Paxos does: the value of the highest accepted ballot of
+//! round 1 or more; else, among round-0 votes (several proposals can hold
+//! some, since round 0 skips phase 1), the one proposal that could have won
+//! round 0 (its reports plus the voters not heard from reach a majority);
+//! none such: its own; more than one: it cannot tell, and fails UNAVAILABLE.
+//! A slot chosen for another proposal is finished by the proposer: it counts
+//! that use (the other proposer's client may have been told it won) and
+//! decides its own call on the next slot. So a use is never spent twice and
+//! a slot never stays blocked while a majority of voters is reachable. Only
+//! use slots recover: a `version:` slot won by a lost update cannot be
+//! finished without that update's payload, so it keeps the fast path alone.
 //!
 //! A vote is forgotten once the slot's ticket cannot be proposed by any node:
 //! its retention (hard deadline plus the budget) plus one more budget has
@@ -60,9 +84,36 @@ pub type SlotKey = (String, Option<Stamp>, String);
 /// Most votes past retention forgotten by one vote.
 const FORGET_PER_VOTE: usize = 16;
 
+/// A ballot: its round, then the stamp of the proposal that runs it (stamps
+/// are unique, so two proposers never share a ballot). Round 0 is the fast
+/// path, the only one nodes that predate ballots know.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BallotId {
+    pub round: u32,
+    pub proposal: Stamp,
+}
+
+/// What this node has promised and accepted on one slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotVotes {
+    /// No ballot below this one is accepted any more.
+    pub promised: BallotId,
+    /// The ballot accepted last, and its value: the proposal it lets win.
+    pub accepted: Option<(BallotId, Stamp)>,
+}
+
+impl SlotVotes {
+    /// The proposal holding the slot here, for a refusal's `voted_for`.
+    pub fn holder(&self) -> &Stamp {
+        self.accepted
+            .as_ref()
+            .map_or(&self.promised.proposal, |(_, value)| value)
+    }
+}
+
 /// Votes cast by this node, remembered until the ticket's record may be forgotten.
 pub struct VoteBook {
-    votes: HashMap<SlotKey, Stamp>,
+    votes: HashMap<SlotKey, SlotVotes>,
     /// (forget at, slot), for dropping old votes without a scan.
     expiry: BTreeSet<(Millis, SlotKey)>,
     /// The latest wall clock of a proposal this node accepted (R2 bounds it by
@@ -71,12 +122,14 @@ pub struct VoteBook {
     skew_budget_ms: Millis,
 }
 
-/// The answer of the book to a proposal (rule R5).
+/// The answer of the book (rules R5 to R7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ballot {
     Granted,
-    /// Already voted for this other proposal.
-    Refused(Stamp),
+    /// Phase 1: promised, with what this node accepted on the slot before.
+    Promised(Option<(BallotId, Stamp)>),
+    /// Refused: the slot's votes here as they stand.
+    Refused(SlotVotes),
 }
 
 impl VoteBook {
@@ -89,8 +142,9 @@ impl VoteBook {
         }
     }
 
-    /// Vote for `proposal` on `slot` unless another proposal has the vote. The
-    /// caller has checked rules R1 to R4.
+    /// R5, the fast path (round 0): vote for `proposal` on `slot` unless the
+    /// slot holds a promise or a vote already (the same proposal again is a
+    /// retry). The caller has checked rules R1 to R4.
     pub fn vote(
         &mut self,
         slot: SlotKey,
@@ -98,18 +152,88 @@ impl VoteBook {
         retain_until_ms: Millis,
         now_ms: Millis,
     ) -> Ballot {
-        self.latest_proposal_ms = self.latest_proposal_ms.max(proposal.hlc.wall_ms);
-        self.forget_until(now_ms.min(self.latest_proposal_ms));
+        let fast = BallotId {
+            round: 0,
+            proposal: proposal.clone(),
+        };
+        self.note_proposal(proposal, now_ms);
         match self.votes.get(&slot) {
-            Some(voted) if voted != proposal => Ballot::Refused(voted.clone()),
-            Some(_) => Ballot::Granted,
+            Some(votes) if votes.accepted.as_ref().is_some_and(|(b, _)| *b == fast) => {
+                Ballot::Granted
+            }
+            Some(votes) => Ballot::Refused(votes.clone()),
             None => {
-                let forget_at = retain_until_ms.saturating_add(self.skew_budget_ms);
-                self.expiry.insert((forget_at, slot.clone()));
-                self.votes.insert(slot, proposal.clone());
+                let accepted = Some((fast.clone(), proposal.clone()));
+                self.remember(slot, fast, accepted, retain_until_ms);
                 Ballot::Granted
             }
         }
+    }
+
+    /// R6, phase 1 of `ballot` (round 1 or more): promise to accept no lower
+    /// ballot, unless a higher one was promised, and report what was accepted.
+    pub fn prepare(
+        &mut self,
+        slot: SlotKey,
+        ballot: &BallotId,
+        retain_until_ms: Millis,
+        now_ms: Millis,
+    ) -> Ballot {
+        self.note_proposal(&ballot.proposal, now_ms);
+        match self.votes.get_mut(&slot) {
+            Some(votes) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
+            Some(votes) => {
+                votes.promised = ballot.clone();
+                Ballot::Promised(votes.accepted.clone())
+            }
+            None => {
+                self.remember(slot, ballot.clone(), None, retain_until_ms);
+                Ballot::Promised(None)
+            }
+        }
+    }
+
+    /// R7, phase 2 of `ballot`: accept `value` unless a higher ballot was
+    /// promised.
+    pub fn accept(
+        &mut self,
+        slot: SlotKey,
+        ballot: &BallotId,
+        value: &Stamp,
+        retain_until_ms: Millis,
+        now_ms: Millis,
+    ) -> Ballot {
+        self.note_proposal(&ballot.proposal, now_ms);
+        let accepted = Some((ballot.clone(), value.clone()));
+        match self.votes.get_mut(&slot) {
+            Some(votes) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
+            Some(votes) => {
+                votes.promised = ballot.clone();
+                votes.accepted = accepted;
+                Ballot::Granted
+            }
+            None => {
+                self.remember(slot, ballot.clone(), accepted, retain_until_ms);
+                Ballot::Granted
+            }
+        }
+    }
+
+    fn note_proposal(&mut self, proposal: &Stamp, now_ms: Millis) {
+        self.latest_proposal_ms = self.latest_proposal_ms.max(proposal.hlc.wall_ms);
+        self.forget_until(now_ms.min(self.latest_proposal_ms));
+    }
+
+    fn remember(
+        &mut self,
+        slot: SlotKey,
+        promised: BallotId,
+        accepted: Option<(BallotId, Stamp)>,
+        retain_until_ms: Millis,
+    ) {
+        let forget_at = retain_until_ms.saturating_add(self.skew_budget_ms);
+        self.expiry.insert((forget_at, slot.clone()));
+        self.votes.insert(slot, SlotVotes { promised, accepted });
     }
 
     /// Drop votes whose ticket can no longer come back, a few per vote: the
@@ -170,10 +294,10 @@ mod tests {
             Ballot::Granted,
             "retries"
         );
-        assert_eq!(
+        assert!(matches!(
             book.vote(slot("ST-1", "use:1"), &b, 100, 0),
-            Ballot::Refused(a.clone())
-        );
+            Ballot::Refused(votes) if *votes.holder() == a
+        ));
         assert_eq!(
             book.vote(slot("ST-1", "use:2"), &b, 100, 0),
             Ballot::Granted
@@ -216,9 +340,72 @@ mod tests {
         );
         // Its own clock reads 30 s later; the next proposal is honest.
         let b = stamp(5, "b");
-        assert_eq!(
+        assert!(matches!(
             book.vote(slot("ST-1", "use:1"), &b, 100, 30_000),
-            Ballot::Refused(a)
+            Ballot::Refused(votes) if *votes.holder() == a
+        ));
+    }
+
+    /// Paxos: a higher ballot's promise stops the fast path and lower
+    /// ballots; phase 1 reports the value accepted before.
+    #[test]
+    fn ballots_promise_report_and_supersede() {
+        let mut book = VoteBook::new(10);
+        let a = stamp(1, "a");
+        let key = slot("ST-1", "use:1");
+        assert_eq!(book.vote(key.clone(), &a, 100, 0), Ballot::Granted);
+        let b1 = BallotId {
+            round: 1,
+            proposal: stamp(2, "b"),
+        };
+        let fast_a = BallotId {
+            round: 0,
+            proposal: a.clone(),
+        };
+        assert_eq!(
+            book.prepare(key.clone(), &b1, 100, 0),
+            Ballot::Promised(Some((fast_a, a.clone())))
+        );
+        assert!(
+            matches!(
+                book.vote(key.clone(), &stamp(3, "c"), 100, 0),
+                Ballot::Refused(_)
+            ),
+            "the fast path is closed once promised"
+        );
+        let c1 = BallotId {
+            round: 1,
+            proposal: stamp(3, "c"),
+        };
+        assert_eq!(
+            book.prepare(key.clone(), &c1, 100, 0),
+            Ballot::Promised(Some((
+                BallotId {
+                    round: 0,
+                    proposal: a.clone()
+                },
+                a.clone()
+            )))
+        );
+        assert!(
+            matches!(
+                book.accept(key.clone(), &b1, &a, 100, 0),
+                Ballot::Refused(_)
+            ),
+            "b1 is below the promise to c1"
+        );
+        assert_eq!(book.accept(key.clone(), &c1, &a, 100, 0), Ballot::Granted);
+        assert_eq!(
+            book.prepare(
+                key,
+                &BallotId {
+                    round: 2,
+                    proposal: stamp(4, "d")
+                },
+                100,
+                0
+            ),
+            Ballot::Promised(Some((c1, a)))
         );
     }
 

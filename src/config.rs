@@ -1,6 +1,7 @@
 //! Node configuration: built-in defaults, then an optional TOML file, then
 //! `TESSERA_*` environment variables and flags (the CLI applies those last two).
 
+use crate::journal::SyncPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +40,13 @@ pub struct NodeConfig {
     /// may use]. Fewer when the node shares its cores with other busy
     /// processes: a worker that is preempted holds up the tasks queued on it.
     pub worker_threads: Option<usize>,
+
+    // ---- durability ----
+    /// Where tickets are kept across restarts (a journal and snapshots; see
+    /// `journal`). Unset: memory only, as before.
+    pub data_dir: Option<PathBuf>,
+    /// When the journal is synced: `always`, `everysec` or `no`.
+    pub sync: SyncPolicy,
 
     // ---- cluster ----
     /// How peers are found: `none` (a single node), `static`, `dns` or `ecs`.
@@ -114,6 +122,8 @@ impl Default for NodeConfig {
             max_clock_skew: Duration::from_millis(store.skew_budget_ms),
             shards: store.shards,
             worker_threads: None,
+            data_dir: None,
+            sync: SyncPolicy::default(),
             discovery: None,
             seeds: Vec::new(),
             dns_name: None,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod entry;
 pub mod error;
+pub mod journal;
 pub mod membership;
 pub mod peer;
 pub mod redact;

@@ -26,6 +26,7 @@ use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
 use crate::discovery::{
     Discovery, DiscoveryError, DiscoveryStatus, DiscoveryWorker, DnsDiscovery, StaticDiscovery,
 };
+use crate::journal::{Compaction, Journal, JournalError, SharedJournal, SyncPolicy};
 use crate::membership::{GossipFaults, INSECURE_CLUSTER_ID, Membership, MembershipConfig};
 use crate::peer::NodeId;
 use crate::peer::net::{PeerNet, PeerNetConfig};
@@ -65,6 +66,8 @@ pub enum ServerError {
     },
     #[error("cannot start gossip: {0}")]
     Membership(String),
+    #[error("cannot open the data directory: {0}")]
+    Journal(#[from] JournalError),
     #[error("invalid discovery setting: {0}")]
     Discovery(#[from] DiscoveryError),
     /// Discovery could not learn what it needs at start (ECS: the node's own task).
@@ -322,11 +325,21 @@ pub async fn start_with(
         replicator.follow_service_size(size);
     }
     let workers = Shutdown::new();
+    let journal = match &config.data_dir {
+        Some(dir) => Some(open_journal(dir, config.sync, &replicator)?),
+        None => None,
+    };
     let sweeper = Sweeper::new(replicator.clone());
     let mut worker_tasks = vec![
         worker::spawn(sweeper, &workers),
         worker::spawn(ClockSync::new(clock), &workers),
     ];
+    if let Some(journal) = journal {
+        worker_tasks.push(worker::spawn(
+            Compaction::new(journal, store.clone()),
+            &workers,
+        ));
+    }
     let mut followers = Vec::new();
     let advertised_api = SocketAddr::new(advertise_ip, api_addr.port());
 
@@ -650,6 +663,41 @@ async fn report_readiness(
         ticks += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Open the data directory, merge what it holds into the store (records past
+/// retention are dropped on the way, as on any merge), and keep every write
+/// in it from now on.
+fn open_journal(
+    dir: &std::path::Path,
+    sync: SyncPolicy,
+    replicator: &Arc<Replicator>,
+) -> Result<SharedJournal, ServerError> {
+    let started = std::time::Instant::now();
+    let (journal, replayed) = Journal::open(dir, sync)?;
+    let read = replayed.records.len();
+    let mut entries = Vec::with_capacity(read);
+    for record in replayed.records {
+        let (id, entry) =
+            crate::replication::wire::from_record(record).map_err(|e| JournalError::Corrupt {
+                path: dir.display().to_string(),
+                offset: 0,
+                why: format!("a record that does not decode: {e}"),
+            })?;
+        entries.push((Arc::<str>::from(id), entry));
+    }
+    let store = replicator.store();
+    store.apply_many(entries);
+    info!(
+        records = read,
+        held = store.records(),
+        cut_bytes = replayed.cut_bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "tickets read back from the data directory"
+    );
+    let journal = Arc::new(journal);
+    replicator.attach_journal(journal.clone());
+    Ok(journal)
 }
 
 /// Report readiness for the ticket service and for the server as a whole

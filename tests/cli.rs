@@ -527,3 +527,114 @@ fn serve_with_peers_refuses_to_start_without_an_expected_size() {
     assert!(stderr.contains("expected_size"), "{stderr}");
     assert!(stderr.contains("--expected-size"), "{stderr}");
 }
+
+/// Durability: a node with a data directory, killed with SIGKILL (no
+/// shutdown code runs) and started again on that directory, serves every
+/// ticket it acknowledged with the same deadline, idle end, uses and version;
+/// deleted and used-up tickets stay dead. A directory others can read is
+/// refused with exit 2.
+#[test]
+fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--data-dir", data, "--sync", "always"];
+    let env = [("TESSERA_LISTEN", listen.as_str())];
+    let node = serve(&args, &env);
+    let addr = node.addr.clone();
+    let ok = |args: &[&str]| {
+        let out = tessera(&addr, args);
+        assert_eq!(code(&out), 0, "{args:?}: {out:?}");
+        out
+    };
+    ok(&[
+        "put",
+        "TGT-d-1",
+        "--principal",
+        "alice",
+        "--ttl",
+        "8h",
+        "--idle",
+        "2h",
+    ]);
+    ok(&["touch", "TGT-d-1"]);
+    ok(&[
+        "put",
+        "ST-d-1",
+        "--parent",
+        "TGT-d-1",
+        "--max-uses",
+        "1",
+        "--ttl",
+        "5m",
+    ]);
+    ok(&[
+        "put",
+        "ST-d-2",
+        "--parent",
+        "TGT-d-1",
+        "--max-uses",
+        "1",
+        "--ttl",
+        "5m",
+    ]);
+    ok(&["consume", "ST-d-2"]);
+    ok(&["put", "PT-d-1", "--max-uses", "2", "--ttl", "5m"]);
+    ok(&["consume", "PT-d-1"]);
+    ok(&["put", "TGT-d-gone", "--ttl", "8h"]);
+    ok(&["delete", "TGT-d-gone"]);
+    let before: Vec<Value> = ["TGT-d-1", "ST-d-1", "PT-d-1"]
+        .iter()
+        .map(|id| json_lines(&ok(&["--json", "get", id])).remove(0))
+        .collect();
+    drop(node); // SIGKILL
+
+    let node = serve(&args, &env);
+    let addr = node.addr.clone();
+    for (id, was) in ["TGT-d-1", "ST-d-1", "PT-d-1"].iter().zip(&before) {
+        let out = tessera(&addr, &["--json", "get", id]);
+        assert_eq!(code(&out), 0, "{id} lost in the restart: {out:?}");
+        let now = json_lines(&out).remove(0);
+        for field in [
+            "deadline",
+            "idle",
+            "last_used",
+            "uses",
+            "max_uses",
+            "version",
+            "parent",
+            "principal",
+        ] {
+            assert_eq!(now.get(field), was.get(field), "{id}: {field} changed");
+        }
+    }
+    for id in ["ST-d-2", "TGT-d-gone"] {
+        let out = tessera(&addr, &["get", id]);
+        assert_eq!(code(&out), 1, "{id} came back after the restart: {out:?}");
+    }
+    drop(node);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "serve",
+                "--node-id",
+                "cli-test",
+                "--data-dir",
+                data,
+                "--listen",
+                &listen,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("other users"),
+            "{out:?}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use super::Exit;
 use crate::clock::Clock;
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_duration};
+use crate::journal::SyncPolicy;
 use crate::replication::WriteQuorum;
 use crate::secret::{ApiToken, ClusterSecret};
 use crate::server::{self, NodeOptions, ServerError};
@@ -43,6 +44,15 @@ pub struct ServeArgs {
     /// Threads that run the node's tasks [default: one per core].
     #[arg(long, env = "TESSERA_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Keep tickets across restarts in this directory (created private; a
+    /// journal and snapshots) [default: memory only].
+    #[arg(long, env = "TESSERA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When the journal is synced: always (before every acknowledgement,
+    /// group-committed), everysec (a machine crash loses up to ~1 s) or no
+    /// [default: everysec].
+    #[arg(long, env = "TESSERA_SYNC")]
+    pub sync: Option<SyncPolicy>,
     /// How peers are found: none (single node), static, dns or ecs
     /// [default: static with --seeds, dns with --dns-name, else none].
     #[arg(long, env = "TESSERA_DISCOVERY", value_enum)]
@@ -135,6 +145,12 @@ impl ServeArgs {
         }
         if let Some(shards) = self.shards {
             config.shards = shards;
+        }
+        if self.data_dir.is_some() {
+            config.data_dir = self.data_dir.clone();
+        }
+        if let Some(sync) = self.sync {
+            config.sync = sync;
         }
         if self.worker_threads.is_some() {
             config.worker_threads = self.worker_threads;
@@ -271,7 +287,8 @@ pub async fn run(args: ServeArgs, config: Result<NodeConfig, ConfigError>) -> Ex
                 | ServerError::SecretMissing
                 | ServerError::ApiTokenMissing
                 | ServerError::ApiTokenIsClusterSecret
-                | ServerError::Discovery(_) => Exit::InvalidInput,
+                | ServerError::Discovery(_)
+                | ServerError::Journal(_) => Exit::InvalidInput,
                 _ => Exit::Failed,
             };
         }

@@ -162,7 +162,7 @@ impl Replicator {
                 }
                 None => theirs_more = false,
             }
-            moved.entries_received += self.apply_records(page.entries);
+            moved.entries_received += self.apply_records(page.entries).await.unwrap_or(0);
         }
         Ok(moved)
     }

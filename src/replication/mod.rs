@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Millis;
 use crate::error::StoreError;
+use crate::journal::SharedJournal;
 use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{Expiry, PutTicket, Store, SweepReport, UpdateTicket, Written};
@@ -228,6 +229,9 @@ pub struct Replicator {
     me: NodeId,
     config: ReplicationConfig,
     network: OnceLock<Arc<dyn PeerNetwork>>,
+    /// The data directory's journal (`--data-dir`): every merged write is in
+    /// it before this node acknowledges it.
+    journal: OnceLock<SharedJournal>,
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
     /// From when this node remembers every vote it cast (rule R3 of
@@ -267,6 +271,7 @@ impl Replicator {
             }),
             config,
             network: OnceLock::new(),
+            journal: OnceLock::new(),
             votes: Mutex::new(VoteBook::new(budget_ms)),
             votes_from_ms: AtomicU64::new(NOT_CAUGHT_UP),
             synced_with: Mutex::new(HashSet::new()),
@@ -284,6 +289,23 @@ impl Replicator {
     /// Connect to the peer network (once; the network needs `self` as its handler).
     pub fn attach(&self, network: Arc<dyn PeerNetwork>) {
         let _ = self.network.set(network);
+    }
+
+    /// Keep every write this node merges in `journal` before acknowledging it.
+    pub fn attach_journal(&self, journal: SharedJournal) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Put `records` in the journal, if there is one, as durably as its sync
+    /// policy says; a write that is not there is not acknowledged.
+    async fn journal(&self, records: &[EntryRecord]) -> Result<(), StoreError> {
+        match self.journal.get() {
+            Some(journal) => journal.append(records).await.map_err(|e| {
+                error!(error = %e, "a write could not be put in the journal");
+                StoreError::Unavailable(format!("not stored on disk: {e}"))
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -764,16 +786,22 @@ impl Replicator {
             _ => self.write_quorum_nodes(self.expected_size()),
         };
         let needed = quorum.saturating_sub(1);
-        let network = match self.network() {
-            Some(network) if !peers.is_empty() => network.clone(),
-            // Nobody to push to: only this node's copy counts.
-            _ if needed == 0 => return Ok(value),
-            _ => return Err(quorum_error(1, quorum)),
-        };
         let records: Vec<_> = changes
             .iter()
             .map(|(id, entry)| to_record(id, entry))
             .collect();
+        let network = match self.network() {
+            Some(network) if !peers.is_empty() => network.clone(),
+            // Nobody to push to: only this node's copy counts.
+            _ if needed == 0 => {
+                self.journal(&records).await?;
+                return Ok(value);
+            }
+            _ => {
+                self.journal(&records).await?;
+                return Err(quorum_error(1, quorum));
+            }
+        };
         let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(peers.len());
         for peer in peers {
             let network = network.clone();
@@ -788,6 +816,8 @@ impl Replicator {
             });
         }
         drop(acks_tx);
+        // On this node's disk while the pushes travel.
+        self.journal(&records).await?;
         let mut acked = 0;
         let deadline = tokio::time::sleep(self.config.call_timeout);
         tokio::pin!(deadline);
@@ -876,7 +906,7 @@ impl Replicator {
                     Some(Ok(Body::Entries(entries))) => {
                         answered += 1;
                         let found = !entries.entries.is_empty();
-                        self.apply_records(entries.entries);
+                        let _ = self.apply_records(entries.entries).await;
                         if found {
                             self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
                         }
@@ -892,12 +922,24 @@ impl Replicator {
 
     /// Merge records received from a peer, in one bulk merge; returns how many
     /// were valid (a bad record is dropped, the others are merged).
-    fn apply_records(&self, records: Vec<tessera_proto::peer::EntryRecord>) -> usize {
+    ///
+    /// With a journal, the valid records are put in it after the merge; `Err`
+    /// when that failed (merged in memory only: not to be acknowledged).
+    async fn apply_records(
+        &self,
+        records: Vec<tessera_proto::peer::EntryRecord>,
+    ) -> Result<usize, StoreError> {
+        let journaled = self.journal.get().is_some();
         let mut valid = Vec::with_capacity(records.len());
+        let mut kept = Vec::new();
         let mut nodes = NodeIds::default();
         for record in records {
+            let copy = journaled.then(|| record.clone());
             match from_record_with(record, &mut nodes) {
-                Ok((id, entry)) => valid.push((Arc::<str>::from(id), entry)),
+                Ok((id, entry)) => {
+                    valid.push((Arc::<str>::from(id), entry));
+                    kept.extend(copy);
+                }
                 Err(e) => {
                     self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "dropped a bad record from a peer");
@@ -906,7 +948,8 @@ impl Replicator {
         }
         let applied = valid.len();
         self.store.apply_many(valid);
-        applied
+        self.journal(&kept).await?;
+        Ok(applied)
     }
 
     // ---- conditional operations ----
@@ -993,7 +1036,7 @@ impl Replicator {
                 Ok(()) => break,
                 Err(SlotLoss::Stale(records)) if attempt < DECIDE_ATTEMPTS => {
                     debug!(ticket = %tag(id), slot, "a voter's copy is newer; deciding again");
-                    self.apply_records(records);
+                    let _ = self.apply_records(records).await;
                 }
                 Err(SlotLoss::Finished) if attempt < DECIDE_ATTEMPTS => {
                     // Its proposer's client may have been told it won.
@@ -1383,12 +1426,13 @@ impl Replicator {
                         )
                     })
                     .collect();
-                let applied = self.apply_records(push.entries);
+                let applied = self.apply_records(push.entries).await.ok();
                 // Held after the merge: a record dropped as bad or past its
                 // retention is no copy (review #8), nor a live one a
-                // tombstone here killed (review #14). A node whose clock is
-                // in doubt may have dropped it on a wrong clock: no copy.
-                let stored = if self.expiry_held() {
+                // tombstone here killed (review #14), nor one this node's
+                // journal failed to keep. A node whose clock is in doubt
+                // may have dropped it on a wrong clock: no copy.
+                let stored = if self.expiry_held() || applied.is_none() {
                     0
                 } else {
                     pushed
@@ -1397,7 +1441,7 @@ impl Replicator {
                         .count()
                 };
                 Body::PushAck(PushAck {
-                    applied: applied as u32,
+                    applied: applied.unwrap_or(0) as u32,
                     stored: Some(stored as u32),
                 })
             }
@@ -1521,7 +1565,7 @@ impl Replicator {
                 entries: self.store.records() as u64,
             }),
             Body::BucketSync(sync) => {
-                self.apply_records(sync.entries);
+                let _ = self.apply_records(sync.entries).await;
                 let mut buckets = sync
                     .buckets
                     .iter()

@@ -14,19 +14,19 @@
 //!   written after segment `<seq>` was opened: replay loads the newest
 //!   snapshot, then the segments from `<seq>` on.
 //!
-//! One writer thread appends what the node's writes hand it, in order, and
-//! commits in groups: it writes everything queued with one `write`, then syncs
-//! as the policy says, then tells every waiter at once. A write is
-//! acknowledged only after its records are written (`everysec`, `no`: in the
-//! OS, so a killed process loses nothing, a crashed machine up to about a
-//! second with `everysec`) or synced (`always`).
+//! A write is acknowledged only after its records are written: with
+//! `everysec` and `no` by the call itself, one `write` into the OS (a killed
+//! process loses nothing; a crashed machine up to about a second with
+//! `everysec`, whose syncer thread syncs once a second); with `always` by the
+//! syncer thread, which commits in groups: everything queued in one `write`
+//! and one sync, then every waiter answered at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -104,18 +104,27 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     }
 }
 
-/// What the writer thread is asked to do.
-enum Job {
-    /// Append framed records; say when they are as durable as the policy asks.
-    Append(Vec<u8>, oneshot::Sender<()>),
-    /// Open the next segment; answer its sequence number.
-    Rotate(oneshot::Sender<u64>),
+/// The segment being appended to.
+struct Segment {
+    file: File,
+    seq: u64,
+    /// Written since the last sync.
+    dirty: bool,
 }
+
+/// How the syncer tells an `always` append that its group is synced.
+type Synced = oneshot::Sender<Result<(), String>>;
+/// An `always` append: its framed records, and who waits for their sync.
+type Commit = (Vec<u8>, Synced);
 
 /// The open journal of a data directory.
 pub struct Journal {
     dir: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    policy: SyncPolicy,
+    segment: Arc<Mutex<Segment>>,
+    /// `always`: framed records for the syncer thread, which commits them in
+    /// groups (one write and one sync for everything queued).
+    commits: mpsc::Sender<Commit>,
 }
 
 /// What [`Journal::open`] read back from the directory.
@@ -127,7 +136,7 @@ pub struct Replayed {
 
 impl Journal {
     /// Open (or create) `dir`, read back the newest snapshot and the segments
-    /// after it, and start the writer on a fresh segment.
+    /// after it, and start appending to a fresh segment.
     pub fn open(dir: &Path, policy: SyncPolicy) -> Result<(Journal, Replayed), JournalError> {
         create_private_dir(dir)?;
         check_private(dir)?;
@@ -145,31 +154,33 @@ impl Journal {
             cut_bytes += read_records(&dir.join(segment_name(*seq)), last, &mut records)?;
         }
         let next = replayed.last().map_or(from, |seq| seq + 1).max(1);
-        let file = create_segment(dir, next)?;
-        let (jobs, queue) = mpsc::channel();
-        let writer = Writer {
-            dir: dir.to_owned(),
-            file,
+        let segment = Arc::new(Mutex::new(Segment {
+            file: create_segment(dir, next)?,
             seq: next,
-            policy,
             dirty: false,
-            last_sync: Instant::now(),
-        };
+        }));
+        let (commits, queue) = mpsc::channel();
+        let syncer = segment.clone();
         std::thread::Builder::new()
             .name("tessera-journal".into())
-            .spawn(move || writer.run(queue))
+            .spawn(move || run_syncer(&syncer, policy, &queue))
             .map_err(io_error(dir))?;
         info!(dir = %dir.display(), records = records.len(), segment = next, ?policy, "journal opened");
         Ok((
             Journal {
                 dir: dir.to_owned(),
-                jobs,
+                policy,
+                segment,
+                commits,
             },
             Replayed { records, cut_bytes },
         ))
     }
 
-    /// Append `records`; resolves once they are as durable as the policy says.
+    /// Append `records`, as durably as the policy says before this returns:
+    /// `everysec` and `no` write them here (one `write` into the OS, a few
+    /// microseconds: no thread hand-off on every write), `always` hands them
+    /// to the syncer thread and waits for its group's sync.
     pub async fn append(&self, records: &[EntryRecord]) -> Result<(), JournalError> {
         if records.is_empty() {
             return Ok(());
@@ -178,22 +189,40 @@ impl Journal {
         for record in records {
             frame(record, &mut framed);
         }
-        let (done, written) = oneshot::channel();
-        self.jobs
-            .send(Job::Append(framed, done))
+        if self.policy != SyncPolicy::Always {
+            let mut segment = lock(&self.segment);
+            segment
+                .file
+                .write_all(&framed)
+                .map_err(io_error(&self.dir))?;
+            segment.dirty = true;
+            return Ok(());
+        }
+        let (done, synced) = oneshot::channel();
+        self.commits
+            .send((framed, done))
             .map_err(|_| JournalError::Stopped)?;
-        written.await.map_err(|_| JournalError::Stopped)
+        match synced.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(JournalError::Io {
+                path: self.dir.display().to_string(),
+                source: io::Error::other(why),
+            }),
+            Err(_) => Err(JournalError::Stopped),
+        }
     }
 
     /// Open the next segment and return its sequence number: a snapshot
     /// taken after this holds every record of the older segments (each was
     /// merged into the store before it was appended).
     pub async fn rotate(&self) -> Result<u64, JournalError> {
-        let (answer, seq) = oneshot::channel();
-        self.jobs
-            .send(Job::Rotate(answer))
-            .map_err(|_| JournalError::Stopped)?;
-        seq.await.map_err(|_| JournalError::Stopped)
+        let mut segment = lock(&self.segment);
+        segment.file.sync_data().map_err(io_error(&self.dir))?;
+        let seq = segment.seq + 1;
+        segment.file = create_segment(&self.dir, seq)?;
+        segment.seq = seq;
+        segment.dirty = false;
+        Ok(seq)
     }
 
     /// Write snapshot `seq` (from [`Journal::rotate`]) of every record
@@ -262,95 +291,70 @@ impl Journal {
     }
 }
 
-struct Writer {
-    dir: PathBuf,
-    file: File,
-    seq: u64,
-    policy: SyncPolicy,
-    /// Written since the last sync.
-    dirty: bool,
-    last_sync: Instant,
+fn lock(segment: &Mutex<Segment>) -> std::sync::MutexGuard<'_, Segment> {
+    segment.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Writer {
-    fn run(mut self, queue: mpsc::Receiver<Job>) {
-        loop {
-            let first = match queue.recv_timeout(EVERYSEC) {
-                Ok(job) => job,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.sync_if_due();
-                    continue;
+/// The syncer thread. `always`: take every commit queued, write them with
+/// one `write`, sync once, answer them all (group commit). `everysec`: sync
+/// once a second when something was written. It stops when the journal is
+/// dropped, syncing what is left.
+fn run_syncer(segment: &Mutex<Segment>, policy: SyncPolicy, queue: &mpsc::Receiver<Commit>) {
+    let mut last_sync = Instant::now();
+    loop {
+        let first = match queue.recv_timeout(EVERYSEC) {
+            Ok(commit) => commit,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if policy == SyncPolicy::Everysec && last_sync.elapsed() >= EVERYSEC {
+                    sync_if_dirty(segment);
+                    last_sync = Instant::now();
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.sync();
-                    return;
-                }
-            };
-            // Group commit: everything queued now goes in one write and sync.
-            let mut waiters = Vec::new();
-            let mut batch = Vec::new();
-            let mut rotate = None;
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Append(bytes, done) => {
-                        batch.extend_from_slice(&bytes);
-                        waiters.push(done);
-                    }
-                    Job::Rotate(answer) => {
-                        rotate = Some(answer);
-                        break;
-                    }
-                }
-                next = queue.try_recv().ok();
+                continue;
             }
-            if !batch.is_empty() {
-                if let Err(e) = self.file.write_all(&batch) {
-                    // Waiters dropped unanswered: their writes fail, none is acknowledged.
-                    warn!(error = %e, "journal write failed; the writes waiting for it fail");
-                    continue;
-                }
-                self.dirty = true;
-                if self.policy == SyncPolicy::Always {
-                    self.sync();
-                } else {
-                    self.sync_if_due();
-                }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                sync_if_dirty(segment);
+                return;
             }
-            for done in waiters {
-                let _ = done.send(());
-            }
-            if let Some(answer) = rotate {
-                self.sync();
-                match create_segment(&self.dir, self.seq + 1) {
-                    Ok(file) => {
-                        self.file = file;
-                        self.seq += 1;
-                        let _ = answer.send(self.seq);
-                    }
-                    Err(e) => warn!(error = %e, "could not open the next journal segment"),
-                }
-            }
+        };
+        let mut batch = Vec::new();
+        let mut waiters: Vec<Synced> = Vec::new();
+        let mut next = Some(first);
+        while let Some((bytes, done)) = next.take() {
+            batch.extend_from_slice(&bytes);
+            waiters.push(done);
+            next = queue.try_recv().ok();
+        }
+        let outcome = {
+            let mut segment = lock(segment);
+            let written = segment
+                .file
+                .write_all(&batch)
+                .and_then(|()| segment.file.sync_data());
+            segment.dirty = written.is_err();
+            written.map_err(|e| e.to_string())
+        };
+        if let Err(e) = &outcome {
+            warn!(error = %e, "journal write failed; the writes waiting for it fail");
+        }
+        for done in waiters {
+            let _ = done.send(outcome.clone());
         }
     }
+}
 
-    fn sync_if_due(&mut self) {
-        if self.dirty && self.policy == SyncPolicy::Everysec && self.last_sync.elapsed() >= EVERYSEC
-        {
-            self.sync();
-        }
-    }
-
-    fn sync(&mut self) {
-        if !self.dirty {
+/// Sync the segment if anything was written since the last sync. The file is
+/// synced through a second handle, so appends go on meanwhile.
+fn sync_if_dirty(segment: &Mutex<Segment>) {
+    let handle = {
+        let mut segment = lock(segment);
+        if !segment.dirty {
             return;
         }
-        if let Err(e) = self.file.sync_data() {
-            warn!(error = %e, "journal sync failed");
-            return;
-        }
-        self.dirty = false;
-        self.last_sync = Instant::now();
+        segment.dirty = false;
+        segment.file.try_clone()
+    };
+    if let Err(e) = handle.and_then(|file| file.sync_data()) {
+        warn!(error = %e, "journal sync failed");
     }
 }
 

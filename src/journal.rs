@@ -235,7 +235,13 @@ impl Journal {
     ) -> Result<u64, JournalError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(seq)));
         let path = self.dir.join(snapshot_name(seq));
-        let mut out = io::BufWriter::new(File::create(&tmp).map_err(io_error(&tmp))?);
+        let file = private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        let mut out = io::BufWriter::new(file);
         let mut buf = Vec::new();
         let mut failed = None;
         let mut count = 0u64;
@@ -476,7 +482,7 @@ fn list(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), JournalError> {
 
 fn create_segment(dir: &Path, seq: u64) -> Result<File, JournalError> {
     let path = dir.join(segment_name(seq));
-    let file = OpenOptions::new()
+    let file = private_file()
         .create(true)
         .append(true)
         .open(&path)
@@ -489,6 +495,17 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))
+}
+
+/// Options for a file of the data directory: readable by its owner only.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
 }
 
 /// Create `dir` (and its parents) if missing, the last one readable by its

@@ -52,6 +52,25 @@ fn assert_clean(name: &str, report: &Report, fleet: &Fleet) {
     );
 }
 
+/// The failed calls of `history` counted by operation and the start of the
+/// error, most frequent first: which refusals a fault caused.
+fn failures_by_cause(history: &History) -> String {
+    let mut causes = std::collections::BTreeMap::<String, usize>::new();
+    for failure in history.failures() {
+        let cause: String = failure.error.chars().take(60).collect();
+        *causes
+            .entry(format!("{}: {cause}", failure.op))
+            .or_default() += 1;
+    }
+    let mut causes: Vec<_> = causes.into_iter().collect();
+    causes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    causes
+        .iter()
+        .map(|(cause, n)| format!("{n} x {cause}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Until `observer` no longer lists `node` as alive; how long that took.
 async fn wait_gone(observer: &Client, node: &str, since: Instant, limit: Duration) -> Duration {
     loop {
@@ -159,11 +178,12 @@ async fn kill_and_restart_one_node_five_times_scenario() -> anyhow::Result<()> {
         &report,
         converge,
         &format!(
-            "healthy_after={}s raced={} won_once={} won_never={}",
+            "healthy_after={}s raced={} won_once={} won_never={} failures_by_cause=[{}]",
             took.join("/"),
             raced.raced,
             raced.won_once,
-            raced.won_never
+            raced.won_never,
+            failures_by_cause(&history)
         ),
     );
     assert_clean("kill-restart-x5", &report, &fleet);

@@ -967,6 +967,11 @@ impl Replicator {
                 op: Some(op.clone()),
             });
             match network.call(&arbiter, request).await {
+                // Refused before any work (just restarted, fenced): as if
+                // unreachable, decide here; the votes keep it safe.
+                Ok(Body::Decided(decided)) if refused_unacted(&decided) => {
+                    debug!(arbiter = %arbiter, reason = %decided.message, "arbiter refused; deciding locally");
+                }
                 Ok(Body::Decided(decided)) => return self.accept_decision(decided),
                 Ok(_) => {}
                 Err(PeerError::Remote { message, .. }) => {
@@ -1881,6 +1886,14 @@ pub const STAMPS_NOT_FRESH: &str = "not ready: this node has just started and ta
 /// How a fenced node refuses. The `fenced:` prefix tells clients the call was
 /// not acted upon, so even a consume may be retried on another node.
 pub const FENCED: &str = "fenced: this node's clock disagrees with most of its peers by more than the skew budget; use another node";
+
+/// Whether an arbiter refused a decision before acting on it: the refusals
+/// clients too may retry elsewhere (`not ready:`, `fenced:`).
+fn refused_unacted(decided: &Decided) -> bool {
+    decided.entry.is_none()
+        && decided.code == Code::Unavailable as u32
+        && (decided.message.starts_with("not ready:") || decided.message.starts_with("fenced:"))
+}
 
 fn quorum_error(reached: usize, quorum: usize) -> StoreError {
     StoreError::Unavailable(format!(

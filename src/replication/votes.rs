@@ -259,6 +259,15 @@ impl VoteBook {
     pub fn len(&self) -> usize {
         self.votes.len()
     }
+
+    /// The nodes whose proposals hold the slots here.
+    #[cfg(test)]
+    pub fn holders(&self) -> Vec<std::sync::Arc<str>> {
+        self.votes
+            .values()
+            .map(|votes| votes.holder().node.clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]

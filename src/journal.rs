@@ -35,7 +35,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::MAX_PAYLOAD_LIMIT;
-use crate::replication::wire::to_record;
+use crate::entry::Entry;
+use crate::replication::wire::{from_record, to_record};
 use crate::store::Store;
 use crate::store::digest::BUCKETS;
 use crate::worker::{Worker, WorkerState};
@@ -129,7 +130,8 @@ pub struct Journal {
 
 /// What [`Journal::open`] read back from the directory.
 pub struct Replayed {
-    pub records: Vec<EntryRecord>,
+    /// Every record read back, checked as a peer's would be, in order.
+    pub entries: Vec<(Arc<str>, Entry)>,
     /// A torn record cut off the end of the last segment (a crash mid-write).
     pub cut_bytes: u64,
 }
@@ -173,7 +175,10 @@ impl Journal {
                 segment,
                 commits,
             },
-            Replayed { records, cut_bytes },
+            Replayed {
+                entries: records,
+                cut_bytes,
+            },
         ))
     }
 
@@ -375,10 +380,15 @@ fn frame(record: &EntryRecord, out: &mut Vec<u8>) {
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Append the records of `path` to `out`. A torn record at the end of the
+/// Append the entries of `path` to `out`, each record checked as a peer's
+/// would be. A torn record at the end of the
 /// last segment (a crash mid-write) is cut off and its size returned; any
 /// other damage stops start-up, naming the file and offset.
-fn read_records(path: &Path, last: bool, out: &mut Vec<EntryRecord>) -> Result<u64, JournalError> {
+fn read_records(
+    path: &Path,
+    last: bool,
+    out: &mut Vec<(Arc<str>, Entry)>,
+) -> Result<u64, JournalError> {
     let file = File::open(path).map_err(io_error(path))?;
     let total = file.metadata().map_err(io_error(path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -422,7 +432,8 @@ fn read_records(path: &Path, last: bool, out: &mut Vec<EntryRecord>) -> Result<u
             return Err(corrupt(offset, "checksum mismatch".into()));
         }
         let record = EntryRecord::decode(&body[..]).map_err(|e| corrupt(offset, e.to_string()))?;
-        out.push(record);
+        let (id, entry) = from_record(record).map_err(|e| corrupt(offset, e.to_string()))?;
+        out.push((id.into(), entry));
         offset += (HEADER + len) as u64;
     }
     Ok(0)
@@ -639,7 +650,11 @@ mod tests {
     }
 
     fn ids(replayed: &Replayed) -> Vec<String> {
-        replayed.records.iter().map(|r| r.id.clone()).collect()
+        replayed
+            .entries
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect()
     }
 
     fn private_dir() -> (tempfile::TempDir, PathBuf) {
@@ -653,7 +668,7 @@ mod tests {
         let (_dir, data) = private_dir();
         {
             let (journal, replayed) = Journal::open(&data, SyncPolicy::Always).unwrap();
-            assert!(replayed.records.is_empty());
+            assert!(replayed.entries.is_empty());
             journal
                 .append(&[record("a", 1), record("b", 2)])
                 .await

@@ -675,19 +675,9 @@ fn open_journal(
 ) -> Result<SharedJournal, ServerError> {
     let started = std::time::Instant::now();
     let (journal, replayed) = Journal::open(dir, sync)?;
-    let read = replayed.records.len();
-    let mut entries = Vec::with_capacity(read);
-    for record in replayed.records {
-        let (id, entry) =
-            crate::replication::wire::from_record(record).map_err(|e| JournalError::Corrupt {
-                path: dir.display().to_string(),
-                offset: 0,
-                why: format!("a record that does not decode: {e}"),
-            })?;
-        entries.push((Arc::<str>::from(id), entry));
-    }
+    let read = replayed.entries.len();
     let store = replicator.store();
-    store.apply_many(entries);
+    store.apply_many(replayed.entries);
     info!(
         records = read,
         held = store.records(),

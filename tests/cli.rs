@@ -560,26 +560,18 @@ fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
         "2h",
     ]);
     ok(&["touch", "TGT-d-1"]);
-    ok(&[
-        "put",
-        "ST-d-1",
-        "--parent",
-        "TGT-d-1",
-        "--max-uses",
-        "1",
-        "--ttl",
-        "5m",
-    ]);
-    ok(&[
-        "put",
-        "ST-d-2",
-        "--parent",
-        "TGT-d-1",
-        "--max-uses",
-        "1",
-        "--ttl",
-        "5m",
-    ]);
+    for st in ["ST-d-1", "ST-d-2"] {
+        ok(&[
+            "put",
+            st,
+            "--parent",
+            "TGT-d-1",
+            "--max-uses",
+            "1",
+            "--ttl",
+            "5m",
+        ]);
+    }
     ok(&["consume", "ST-d-2"]);
     ok(&["put", "PT-d-1", "--max-uses", "2", "--ttl", "5m"]);
     ok(&["consume", "PT-d-1"]);

@@ -786,22 +786,25 @@ impl Replicator {
             _ => self.write_quorum_nodes(self.expected_size()),
         };
         let needed = quorum.saturating_sub(1);
-        let records: Vec<_> = changes
-            .iter()
-            .map(|(id, entry)| to_record(id, entry))
-            .collect();
-        let network = match self.network() {
-            Some(network) if !peers.is_empty() => network.clone(),
-            // Nobody to push to: only this node's copy counts.
-            _ if needed == 0 => {
-                self.journal(&records).await?;
-                return Ok(value);
-            }
-            _ => {
-                self.journal(&records).await?;
-                return Err(quorum_error(1, quorum));
-            }
+        let records_of = || -> Vec<EntryRecord> {
+            changes
+                .iter()
+                .map(|(id, entry)| to_record(id, entry))
+                .collect()
         };
+        let Some(network) = self.network().filter(|_| !peers.is_empty()).cloned() else {
+            // Nobody to push to: only this node's copy counts (records are
+            // built only for a journal: a single node's hot path).
+            if self.journal.get().is_some() {
+                self.journal(&records_of()).await?;
+            }
+            return if needed == 0 {
+                Ok(value)
+            } else {
+                Err(quorum_error(1, quorum))
+            };
+        };
+        let records = records_of();
         let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(peers.len());
         for peer in peers {
             let network = network.clone();
@@ -1116,18 +1119,12 @@ impl Replicator {
                 self.no_majority(granted, majority, reason),
             ));
         };
+        let propose = fast.to_propose(id, slot, current);
         let mut calls: FuturesUnordered<_> = peers
             .iter()
             .map(|peer| {
                 let network = network.clone();
-                let body = Body::Propose(Propose {
-                    id: id.to_owned(),
-                    slot: slot.to_owned(),
-                    proposal: Some(stamp_to_wire(&proposal)),
-                    retain_until_ms: retain,
-                    incarnation: Some(stamp_to_wire(&current.created)),
-                    ..Propose::default()
-                });
+                let body = Body::Propose(propose.clone());
                 async move { network.call(peer, body).await }
             })
             .collect();
@@ -1206,15 +1203,8 @@ impl Replicator {
                 return Err(held());
             }
             if promises.granted < majority {
-                if promises.highest_promise >= round {
-                    round = promises.highest_promise + 1;
-                    continue;
-                }
-                return Err(SlotLoss::Failed(self.no_majority(
-                    promises.granted,
-                    majority,
-                    promises.refusal,
-                )));
+                round = self.outbid(promises, round, majority)?;
+                continue;
             }
             let Some(value) = choose_value(
                 &promises.accepted,
@@ -1241,17 +1231,22 @@ impl Replicator {
                     Err(SlotLoss::Finished)
                 };
             }
-            if accepts.highest_promise >= round {
-                round = accepts.highest_promise + 1;
-                continue;
-            }
-            return Err(SlotLoss::Failed(self.no_majority(
-                accepts.granted,
-                majority,
-                accepts.refusal,
-            )));
+            round = self.outbid(accepts, round, majority)?;
         }
         Err(held())
+    }
+
+    /// A phase of ballot `round` short of a majority: the round to try next
+    /// when a voter has promised one as high or higher, else the failure.
+    fn outbid(&self, answers: PhaseAnswers, round: u32, majority: usize) -> Result<u32, SlotLoss> {
+        if answers.highest_promise >= round {
+            return Ok(answers.highest_promise + 1);
+        }
+        Err(SlotLoss::Failed(self.no_majority(
+            answers.granted,
+            majority,
+            answers.refusal,
+        )))
     }
 
     /// Run one phase of a ballot on this node and every live peer, and wait
@@ -1281,22 +1276,13 @@ impl Replicator {
         let Some(network) = self.network().cloned() else {
             return answers;
         };
-        let (round, prepare, value) = phase.to_wire();
+        let propose = phase.to_propose(id, slot, current);
         let mut calls: FuturesUnordered<_> = self
             .peers()
             .into_iter()
             .map(|peer| {
                 let network = network.clone();
-                let body = Body::Propose(Propose {
-                    id: id.to_owned(),
-                    slot: slot.to_owned(),
-                    proposal: Some(stamp_to_wire(phase.proposal())),
-                    retain_until_ms: retain,
-                    incarnation: Some(stamp_to_wire(&current.created)),
-                    round,
-                    prepare,
-                    value: value.clone(),
-                });
+                let body = Body::Propose(propose.clone());
                 async move { network.call(&peer, body).await }
             })
             .collect();
@@ -1802,13 +1788,24 @@ impl Phase {
         }
     }
 
-    /// The fields of a `Propose` that carry it (round 0: what every peer
-    /// that predates ballots reads as its one vote).
-    fn to_wire(&self) -> (u32, bool, Option<tessera_proto::peer::Stamp>) {
-        match self {
+    /// The `Propose` that asks a peer for this phase on `slot` of the
+    /// incarnation in `current` (round 0: what every peer that predates
+    /// ballots reads as its one vote).
+    fn to_propose(&self, id: &str, slot: &str, current: &crate::store::DecideState) -> Propose {
+        let (round, prepare, value) = match self {
             Phase::Fast(_) => (0, false, None),
             Phase::Prepare(ballot) => (ballot.round, true, None),
             Phase::Accept(ballot, value) => (ballot.round, false, Some(stamp_to_wire(value))),
+        };
+        Propose {
+            id: id.to_owned(),
+            slot: slot.to_owned(),
+            proposal: Some(stamp_to_wire(self.proposal())),
+            retain_until_ms: current.retain_until_ms,
+            incarnation: Some(stamp_to_wire(&current.created)),
+            round,
+            prepare,
+            value,
         }
     }
 

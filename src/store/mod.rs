@@ -937,16 +937,14 @@ impl Store {
         // Whether that parent is stored in `parent_shard` (else in `shard`).
         let in_parent_shard = new_parent.as_deref().is_some_and(|parent| {
             let needed = self.shard_index(parent);
+            let locked = parent_shard
+                .as_ref()
+                .is_some_and(|(locked, _)| *locked == needed);
             debug_assert!(
-                needed == self.shard_index(id)
-                    || parent_shard
-                        .as_ref()
-                        .is_some_and(|(locked, _)| *locked == needed),
+                locked || needed == self.shard_index(id),
                 "the parent's shard must be locked"
             );
-            parent_shard
-                .as_ref()
-                .is_some_and(|(locked, _)| *locked == needed)
+            locked
         });
         let mut merged = merge_at(before.cloned(), incoming, now);
         let mut parent_key = None;

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "tessera/v1/ticket_store.proto",
         "tessera/peer/v1/peer.proto",
+        "tessera/journal/v1/journal.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
@@ -23,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::Codec")
         .bytes(".tessera.v1")
         .bytes(".tessera.peer.v1")
+        .bytes(".tessera.journal.v1")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,16 +1,23 @@
 //! The journal: what makes tickets survive a restart (`--data-dir`).
 //!
-//! Memory stays the store; the disk holds a log of the entries the node
-//! merged, in the versioned protobuf records the peers exchange
-//! (`EntryRecord`), so a newer version reads an older directory. Entries are
-//! CRDT states, so replaying them in any order, twice, or on top of a
-//! snapshot taken while writes went on, ends in the same store: that is what
-//! lets snapshots be taken from the live map without stopping writes.
+//! Memory stays the store; the disk holds a log of what the node merged and
+//! of the votes it cast, in versioned protobuf records (`JournalRecord`: the
+//! `EntryRecord`s the peers exchange, and `SlotVotes`), so a newer version
+//! reads an older directory. Entries are CRDT states, and a slot's votes only
+//! grow (a promise only rises, an accepted ballot only rises), so replaying
+//! records in any order, twice, or on top of a snapshot taken while writes
+//! went on, ends in the same state: that is what lets snapshots be taken from
+//! the live maps without stopping writes.
 //!
 //! Files in the data directory:
+//! - `tessera-data.toml`: the directory's format, the cluster it belongs to
+//!   (an id derived from the cluster secret) and from when its votes are all
+//!   in the log. A directory of another cluster, or of a newer format, is
+//!   refused.
+//! - `LOCK`: held (an advisory file lock) by the one process using it.
 //! - `log-<seq>.tlog`: segments, appended in order. A record is
-//!   `[u32 length][u32 crc32 of the bytes][EntryRecord bytes]`, little endian.
-//! - `snapshot-<seq>.tsnap`: every entry of the store, in the same framing,
+//!   `[u32 length][u32 crc32 of the bytes][JournalRecord bytes]`, little endian.
+//! - `snapshot-<seq>.tsnap`: every entry and vote, in the same framing,
 //!   written after segment `<seq>` was opened: replay loads the newest
 //!   snapshot, then the segments from `<seq>` on.
 //!
@@ -19,7 +26,9 @@
 //! process loses nothing; a crashed machine up to about a second with
 //! `everysec`, whose syncer thread syncs once a second); with `always` by the
 //! syncer thread, which commits in groups: everything queued in one `write`
-//! and one sync, then every waiter answered at once.
+//! and one sync, then every waiter answered at once. Votes go through the
+//! syncer whatever the policy: a vote is a promise, answered only once it
+//! is on disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -30,14 +39,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
+use tessera_proto::journal::{JournalRecord, SlotVotes, journal_record};
 use tessera_proto::peer::EntryRecord;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::MAX_PAYLOAD_LIMIT;
 use crate::entry::Entry;
+use crate::replication::Replicator;
 use crate::replication::wire::{from_record, to_record};
-use crate::store::Store;
 use crate::store::digest::BUCKETS;
 use crate::worker::{Worker, WorkerState};
 
@@ -48,6 +58,12 @@ const MAX_RECORD: usize = MAX_PAYLOAD_LIMIT + 64 * 1024;
 const HEADER: usize = 8;
 /// How often `everysec` syncs.
 const EVERYSEC: Duration = Duration::from_secs(1);
+/// The file that says what the directory is.
+const META: &str = "tessera-data.toml";
+/// The format this version writes and the newest it reads.
+const FORMAT: u32 = 1;
+/// The file whose lock keeps a second process out.
+const LOCK: &str = "LOCK";
 
 /// When the log is synced to disk (Redis's `appendfsync`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -94,8 +110,48 @@ pub enum JournalError {
         offset: u64,
         why: String,
     },
+    #[error(
+        "{path}: the data directory is of format {format}, newer than this Tessera reads ({FORMAT}); run a newer version, or move the directory away to start empty"
+    )]
+    NewerFormat { path: String, format: u32 },
+    #[error(
+        "{path}: the data directory belongs to another cluster (cluster id {found}, this node's is {expected}: a different cluster secret); refusing to merge its tickets"
+    )]
+    OtherCluster {
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: unreadable: {why}")]
+    BadMeta { path: String, why: String },
+    #[error(
+        "data directory {path} holds journal files but no {META}: not written by this Tessera; refusing to guess"
+    )]
+    NoMeta { path: String },
+    #[error("data directory {path} is in use by another process (its LOCK is held)")]
+    InUse { path: String },
     #[error("the journal's writer has stopped")]
     Stopped,
+}
+
+/// `tessera-data.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: u32,
+    /// The cluster id derived from the cluster secret (`none` without one).
+    cluster: String,
+    /// From when every vote this node cast is in the log: the moment it
+    /// first caught up with its cluster on this directory (rule R3 of
+    /// `replication::votes`). Absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    votes_from_ms: Option<u64>,
+}
+
+/// A record to append: a ticket entry or one slot's votes.
+#[derive(Clone, Copy)]
+pub enum Record<'a> {
+    Entry(&'a EntryRecord),
+    Votes(&'a SlotVotes),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -123,39 +179,81 @@ pub struct Journal {
     dir: PathBuf,
     policy: SyncPolicy,
     segment: Arc<Mutex<Segment>>,
-    /// `always`: framed records for the syncer thread, which commits them in
-    /// groups (one write and one sync for everything queued).
+    /// Framed records for the syncer thread, which commits them in groups
+    /// (one write and one sync for everything queued): every record with
+    /// `always`, votes with any policy.
     commits: mpsc::Sender<Commit>,
+    meta: Mutex<Meta>,
+    /// Held open for its lock, released when the process ends.
+    _lock: File,
 }
 
 /// What [`Journal::open`] read back from the directory.
 pub struct Replayed {
-    /// Every record read back, checked as a peer's would be, in order.
+    /// Every entry read back, checked as a peer's would be, in order.
     pub entries: Vec<(Arc<str>, Entry)>,
+    /// Every slot's votes read back, in order (decoded by the vote book).
+    pub votes: Vec<SlotVotes>,
     /// A torn record cut off the end of the last segment (a crash mid-write).
     pub cut_bytes: u64,
 }
 
+/// The sync of records handed to the syncer thread, to wait for.
+#[must_use = "a vote is answered only once it is on disk"]
+pub struct Durable(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Durable {
+    /// Nothing to wait for (no journal).
+    pub fn ready() -> Durable {
+        Durable(None)
+    }
+
+    /// Wait until the records are on disk.
+    pub async fn wait(self) -> Result<(), JournalError> {
+        let Some(synced) = self.0 else {
+            return Ok(());
+        };
+        match synced.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(JournalError::Io {
+                path: "the journal".to_owned(),
+                source: io::Error::other(why),
+            }),
+            Err(_) => Err(JournalError::Stopped),
+        }
+    }
+}
+
 impl Journal {
-    /// Open (or create) `dir`, read back the newest snapshot and the segments
-    /// after it, and start appending to a fresh segment.
-    pub fn open(dir: &Path, policy: SyncPolicy) -> Result<(Journal, Replayed), JournalError> {
+    /// Open (or create) `dir` for the cluster whose id is `cluster`, read
+    /// back the newest snapshot and the segments after it, and start
+    /// appending to a fresh segment.
+    pub fn open(
+        dir: &Path,
+        policy: SyncPolicy,
+        cluster: &str,
+    ) -> Result<(Journal, Replayed), JournalError> {
         create_private_dir(dir)?;
         check_private(dir)?;
+        let lock = lock_dir(dir)?;
         let (snapshots, segments) = list(dir)?;
-        let mut records = Vec::new();
-        let mut cut_bytes = 0;
+        let meta = read_meta(dir, cluster, !snapshots.is_empty() || !segments.is_empty())?;
+        let mut replayed = Replayed {
+            entries: Vec::new(),
+            votes: Vec::new(),
+            cut_bytes: 0,
+        };
         let from = snapshots.last().copied().unwrap_or(0);
         if let Some(seq) = snapshots.last() {
             let path = dir.join(snapshot_name(*seq));
-            cut_bytes += read_records(&path, false, &mut records)?;
+            read_records(&path, false, &mut replayed)?;
         }
-        let replayed: Vec<u64> = segments.into_iter().filter(|seq| *seq >= from).collect();
-        for (n, seq) in replayed.iter().enumerate() {
-            let last = n + 1 == replayed.len();
-            cut_bytes += read_records(&dir.join(segment_name(*seq)), last, &mut records)?;
+        let segments: Vec<u64> = segments.into_iter().filter(|seq| *seq >= from).collect();
+        for (n, seq) in segments.iter().enumerate() {
+            let last = n + 1 == segments.len();
+            read_records(&dir.join(segment_name(*seq)), last, &mut replayed)?;
         }
-        let next = replayed.last().map_or(from, |seq| seq + 1).max(1);
+        let next = segments.last().map_or(from, |seq| seq + 1).max(1);
         let segment = Arc::new(Mutex::new(Segment {
             file: create_segment(dir, next)?,
             seq: next,
@@ -167,19 +265,65 @@ impl Journal {
             .name("tessera-journal".into())
             .spawn(move || run_syncer(&syncer, policy, &queue))
             .map_err(io_error(dir))?;
-        info!(dir = %dir.display(), records = records.len(), segment = next, ?policy, "journal opened");
+        info!(
+            dir = %dir.display(),
+            entries = replayed.entries.len(),
+            votes = replayed.votes.len(),
+            segment = next,
+            ?policy,
+            "journal opened"
+        );
         Ok((
             Journal {
                 dir: dir.to_owned(),
                 policy,
                 segment,
                 commits,
+                meta: Mutex::new(meta),
+                _lock: lock,
             },
-            Replayed {
-                entries: records,
-                cut_bytes,
-            },
+            replayed,
         ))
+    }
+
+    /// From when every vote this node cast is in the log, if known.
+    pub fn votes_from_ms(&self) -> Option<u64> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .votes_from_ms
+    }
+
+    /// Record that every vote from `ms` on is in the log (once, at the first
+    /// catch-up on this directory).
+    pub fn remember_votes_from(&self, ms: u64) -> Result<(), JournalError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if meta.votes_from_ms.is_some() {
+            return Ok(());
+        }
+        let mut updated = meta.clone();
+        updated.votes_from_ms = Some(ms);
+        write_meta(&self.dir, &updated)?;
+        *meta = updated;
+        Ok(())
+    }
+
+    /// Hand `votes` to the syncer thread, whatever the policy, and return
+    /// the sync to wait for before answering. Called under the vote book's
+    /// lock, so the log holds a slot's records in the order the book changed
+    /// (the order does not matter for replay, which keeps the highest, but
+    /// every later answer waits behind this sync). No votes: a barrier that
+    /// completes once everything handed over before it is on disk.
+    pub fn commit_votes(&self, votes: &[SlotVotes]) -> Durable {
+        let mut framed = Vec::new();
+        for record in votes {
+            frame(Record::Votes(record), &mut framed);
+        }
+        let (done, synced) = oneshot::channel();
+        if self.commits.send((framed, done)).is_err() {
+            // The syncer is gone: the receiver reports it stopped.
+        }
+        Durable(Some(synced))
     }
 
     /// Append `records`, as durably as the policy says before this returns:
@@ -190,9 +334,14 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
-        let mut framed = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + HEADER).sum());
+        let mut framed = Vec::with_capacity(
+            records
+                .iter()
+                .map(|r| prost::encoding::message::encoded_len(1, r) + HEADER)
+                .sum(),
+        );
         for record in records {
-            frame(record, &mut framed);
+            frame(Record::Entry(record), &mut framed);
         }
         if self.policy != SyncPolicy::Always {
             let mut segment = lock(&self.segment);
@@ -207,14 +356,7 @@ impl Journal {
         self.commits
             .send((framed, done))
             .map_err(|_| JournalError::Stopped)?;
-        match synced.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(JournalError::Io {
-                path: self.dir.display().to_string(),
-                source: io::Error::other(why),
-            }),
-            Err(_) => Err(JournalError::Stopped),
-        }
+        Durable(Some(synced)).wait().await
     }
 
     /// Open the next segment and return its sequence number: a snapshot
@@ -231,12 +373,12 @@ impl Journal {
     }
 
     /// Write snapshot `seq` (from [`Journal::rotate`]) of every record
-    /// `entries` yields, then drop the segments and snapshots it replaces.
+    /// `records` yields, then drop the segments and snapshots it replaces.
     /// Blocking: run it off the async threads.
     pub fn write_snapshot(
         &self,
         seq: u64,
-        entries: impl FnOnce(&mut dyn FnMut(EntryRecord)),
+        records: impl FnOnce(&mut dyn FnMut(Record)),
     ) -> Result<u64, JournalError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(seq)));
         let path = self.dir.join(snapshot_name(seq));
@@ -250,12 +392,12 @@ impl Journal {
         let mut buf = Vec::new();
         let mut failed = None;
         let mut count = 0u64;
-        entries(&mut |record| {
+        records(&mut |record| {
             if failed.is_some() {
                 return;
             }
             buf.clear();
-            frame(&record, &mut buf);
+            frame(record, &mut buf);
             count += 1;
             if let Err(e) = out.write_all(&buf) {
                 failed = Some(e);
@@ -277,7 +419,7 @@ impl Journal {
         for old in segments.into_iter().filter(|s| *s < seq) {
             let _ = fs::remove_file(self.dir.join(segment_name(old)));
         }
-        info!(entries = count, snapshot = seq, "journal snapshot written");
+        info!(records = count, snapshot = seq, "journal snapshot written");
         Ok(count)
     }
 
@@ -335,7 +477,11 @@ fn run_syncer(segment: &Mutex<Segment>, policy: SyncPolicy, queue: &mpsc::Receiv
             waiters.push(done);
             next = queue.try_recv().ok();
         }
-        let outcome = {
+        // A group of barriers only (no bytes): everything before it was
+        // synced with its own group.
+        let outcome = if batch.is_empty() {
+            Ok(())
+        } else {
             let mut segment = lock(segment);
             let written = segment
                 .file
@@ -369,10 +515,15 @@ fn sync_if_dirty(segment: &Mutex<Segment>) {
     }
 }
 
-fn frame(record: &EntryRecord, out: &mut Vec<u8>) {
+/// Frame `record` as a `JournalRecord` (encoded field by field, so the
+/// entry is not copied into one).
+fn frame(record: Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
-    record.encode(out).expect("a Vec grows to hold any record");
+    match record {
+        Record::Entry(entry) => prost::encoding::message::encode(1, entry, out),
+        Record::Votes(votes) => prost::encoding::message::encode(2, votes, out),
+    }
     let body = &out[start + HEADER..];
     let len = body.len() as u32;
     let crc = crc32fast::hash(body);
@@ -380,15 +531,11 @@ fn frame(record: &EntryRecord, out: &mut Vec<u8>) {
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Append the entries of `path` to `out`, each record checked as a peer's
-/// would be. A torn record at the end of the
-/// last segment (a crash mid-write) is cut off and its size returned; any
-/// other damage stops start-up, naming the file and offset.
-fn read_records(
-    path: &Path,
-    last: bool,
-    out: &mut Vec<(Arc<str>, Entry)>,
-) -> Result<u64, JournalError> {
+/// Append the records of `path` to `out`, each entry checked as a peer's
+/// would be. A torn record at the end of the last segment (a crash
+/// mid-write) is cut off and counted; any other damage stops start-up,
+/// naming the file and offset.
+fn read_records(path: &Path, last: bool, out: &mut Replayed) -> Result<(), JournalError> {
     let file = File::open(path).map_err(io_error(path))?;
     let total = file.metadata().map_err(io_error(path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -403,7 +550,8 @@ fn read_records(
         let left = total - offset;
         let mut header = [0u8; HEADER];
         if left < HEADER as u64 {
-            return cut(path, last, offset, left, "a torn header");
+            out.cut_bytes += cut(path, last, offset, left, "a torn header")?;
+            return Ok(());
         }
         reader.read_exact(&mut header).map_err(io_error(path))?;
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
@@ -415,28 +563,40 @@ fn read_records(
             ));
         }
         if left < (HEADER + len) as u64 {
-            return cut(path, last, offset, left, "a torn record");
+            out.cut_bytes += cut(path, last, offset, left, "a torn record")?;
+            return Ok(());
         }
         body.resize(len, 0);
         reader.read_exact(&mut body).map_err(io_error(path))?;
         if crc32fast::hash(&body) != crc {
             if last && offset + (HEADER + len) as u64 == total {
-                return cut(
+                out.cut_bytes += cut(
                     path,
                     last,
                     offset,
                     left,
                     "a last record with a bad checksum",
-                );
+                )?;
+                return Ok(());
             }
             return Err(corrupt(offset, "checksum mismatch".into()));
         }
-        let record = EntryRecord::decode(&body[..]).map_err(|e| corrupt(offset, e.to_string()))?;
-        let (id, entry) = from_record(record).map_err(|e| corrupt(offset, e.to_string()))?;
-        out.push((id.into(), entry));
+        let record =
+            JournalRecord::decode(&body[..]).map_err(|e| corrupt(offset, e.to_string()))?;
+        match record.record {
+            Some(journal_record::Record::Entry(record)) => {
+                let (id, entry) =
+                    from_record(record).map_err(|e| corrupt(offset, e.to_string()))?;
+                out.entries.push((id.into(), entry));
+            }
+            Some(journal_record::Record::Votes(votes)) => out.votes.push(votes),
+            // A kind of record of a newer version, within this format: it
+            // is one an older reader may skip (the format rule).
+            None => {}
+        }
         offset += (HEADER + len) as u64;
     }
-    Ok(0)
+    Ok(())
 }
 
 /// The end of the last segment is torn: cut it off (it was never
@@ -489,6 +649,96 @@ fn list(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), JournalError> {
     snapshots.sort_unstable();
     segments.sort_unstable();
     Ok((snapshots, segments))
+}
+
+/// Read `tessera-data.toml` and check that this node may use the directory;
+/// write it for a new directory (`has_files`: journal files are there).
+fn read_meta(dir: &Path, cluster: &str, has_files: bool) -> Result<Meta, JournalError> {
+    let path = dir.join(META);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !has_files => {
+            let meta = Meta {
+                format: FORMAT,
+                cluster: cluster.to_owned(),
+                votes_from_ms: None,
+            };
+            write_meta(dir, &meta)?;
+            return Ok(meta);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(JournalError::NoMeta {
+                path: dir.display().to_string(),
+            });
+        }
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let bad = |why: String| JournalError::BadMeta {
+        path: path.display().to_string(),
+        why,
+    };
+    // The format first: a newer one may have changed anything else.
+    let format = toml::from_str::<toml::Table>(&text)
+        .map_err(|e| bad(e.to_string()))?
+        .get("format")
+        .and_then(toml::Value::as_integer)
+        .ok_or_else(|| bad("no format number".into()))?;
+    if format > i64::from(FORMAT) {
+        return Err(JournalError::NewerFormat {
+            path: path.display().to_string(),
+            format: u32::try_from(format).unwrap_or(u32::MAX),
+        });
+    }
+    let meta: Meta = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if meta.cluster != cluster {
+        return Err(JournalError::OtherCluster {
+            path: path.display().to_string(),
+            found: meta.cluster,
+            expected: cluster.to_owned(),
+        });
+    }
+    Ok(meta)
+}
+
+/// Replace `tessera-data.toml` whole (write aside, sync, rename, sync the
+/// directory): a crash leaves the old file or the new one.
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), JournalError> {
+    let path = dir.join(META);
+    let tmp = dir.join(format!("{META}.tmp"));
+    let text = format!(
+        "# Tessera data directory: written by Tessera, do not edit.\n{}",
+        toml::to_string(meta).expect("the meta fields serialise")
+    );
+    let mut file = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_error(&tmp))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    sync_dir(dir)
+}
+
+/// Take the directory's lock, or fail if another process holds it (two
+/// nodes on one directory would each believe they hold its votes alone).
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join(LOCK);
+    let file = private_file()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::InUse {
+            path: dir.display().to_string(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_error(&path)(e)),
+    }
 }
 
 fn create_segment(dir: &Path, seq: u64) -> Result<File, JournalError> {
@@ -567,17 +817,23 @@ const COMPACTION_CHECK: Duration = Duration::from_secs(10);
 /// Bytes of records read from the store under one shard lock.
 const SNAPSHOT_PAGE: usize = 1 << 20;
 
-/// Snapshot every entry of `store` into `journal` (see [`Journal::rotate`]):
-/// page by page, each shard lock held for one page, the file written off the
-/// async threads. Writes go on meanwhile, into the new segment.
+/// Snapshot every entry and vote of `replicator` into `journal` (see
+/// [`Journal::rotate`]): the votes copied at once (a few per ticket used
+/// within its retention), the entries page by page, each shard lock held for
+/// one page, the file written off the async threads. Writes go on meanwhile,
+/// into the new segment.
 pub async fn snapshot_store(
     journal: &SharedJournal,
-    store: &Arc<Store>,
+    replicator: &Arc<Replicator>,
 ) -> Result<u64, JournalError> {
     let seq = journal.rotate().await?;
-    let (journal, store) = (journal.clone(), store.clone());
+    let votes = replicator.vote_records();
+    let (journal, store) = (journal.clone(), replicator.store().clone());
     tokio::task::spawn_blocking(move || {
         journal.write_snapshot(seq, |sink| {
+            for slot in &votes {
+                sink(Record::Votes(slot));
+            }
             for bucket in 0..BUCKETS {
                 let mut after = String::new();
                 loop {
@@ -588,8 +844,8 @@ pub async fn snapshot_store(
                     if let Some(last) = page.last() {
                         after = last.id.clone();
                     }
-                    for record in page {
-                        sink(record);
+                    for record in &page {
+                        sink(Record::Entry(record));
                     }
                     if !more {
                         break;
@@ -605,12 +861,15 @@ pub async fn snapshot_store(
 /// The background job that folds the log into snapshots.
 pub struct Compaction {
     journal: SharedJournal,
-    store: Arc<Store>,
+    replicator: Arc<Replicator>,
 }
 
 impl Compaction {
-    pub fn new(journal: SharedJournal, store: Arc<Store>) -> Compaction {
-        Compaction { journal, store }
+    pub fn new(journal: SharedJournal, replicator: Arc<Replicator>) -> Compaction {
+        Compaction {
+            journal,
+            replicator,
+        }
     }
 }
 
@@ -623,7 +882,7 @@ impl Worker for Compaction {
         let log = self.journal.log_bytes();
         if log >= COMPACT_AT_BYTES
             && log > self.journal.snapshot_bytes()
-            && let Err(e) = snapshot_store(&self.journal, &self.store).await
+            && let Err(e) = snapshot_store(&self.journal, &self.replicator).await
         {
             warn!(error = %e, "journal snapshot failed; the log keeps growing until one succeeds");
         }
@@ -657,6 +916,8 @@ mod tests {
             .collect()
     }
 
+    const CLUSTER: &str = "tessera-test";
+
     fn private_dir() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -667,14 +928,14 @@ mod tests {
     async fn records_come_back_in_order_across_restarts_and_snapshots() {
         let (_dir, data) = private_dir();
         {
-            let (journal, replayed) = Journal::open(&data, SyncPolicy::Always).unwrap();
+            let (journal, replayed) = Journal::open(&data, SyncPolicy::Always, CLUSTER).unwrap();
             assert!(replayed.entries.is_empty());
             journal
                 .append(&[record("a", 1), record("b", 2)])
                 .await
                 .unwrap();
         }
-        let (journal, replayed) = Journal::open(&data, SyncPolicy::Everysec).unwrap();
+        let (journal, replayed) = Journal::open(&data, SyncPolicy::Everysec, CLUSTER).unwrap();
         assert_eq!(ids(&replayed), ["a", "b"]);
         let journal = Arc::new(journal);
         journal.append(&[record("c", 3)]).await.unwrap();
@@ -683,7 +944,7 @@ mod tests {
         let written = journal
             .write_snapshot(seq, |sink| {
                 for id in ["a", "b", "c"] {
-                    sink(record(id, 9));
+                    sink(Record::Entry(&record(id, 9)));
                 }
             })
             .unwrap();
@@ -694,7 +955,7 @@ mod tests {
             "folded segments are dropped: {segments:?}"
         );
         drop(journal);
-        let (_, replayed) = Journal::open(&data, SyncPolicy::No).unwrap();
+        let (_, replayed) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
         assert_eq!(
             ids(&replayed),
             ["a", "b", "c", "d"],
@@ -706,7 +967,7 @@ mod tests {
     async fn a_torn_last_record_is_cut_off_and_a_corrupt_one_stops_start_up() {
         let (_dir, data) = private_dir();
         {
-            let (journal, _) = Journal::open(&data, SyncPolicy::Always).unwrap();
+            let (journal, _) = Journal::open(&data, SyncPolicy::Always, CLUSTER).unwrap();
             journal
                 .append(&[record("a", 1), record("b", 2)])
                 .await
@@ -717,14 +978,14 @@ mod tests {
         let whole = fs::read(&path).unwrap();
         // A crash in the middle of the second record's write.
         fs::write(&path, &whole[..whole.len() - 3]).unwrap();
-        let (_, replayed) = Journal::open(&data, SyncPolicy::Always).unwrap();
+        let (_, replayed) = Journal::open(&data, SyncPolicy::Always, CLUSTER).unwrap();
         assert_eq!(ids(&replayed), ["a"]);
         assert!(replayed.cut_bytes > 0);
         // A flipped byte in the first record, with a good one after it.
         let mut bad = whole.clone();
         bad[HEADER + 2] ^= 0xff;
         fs::write(&path, &bad).unwrap();
-        match Journal::open(&data, SyncPolicy::Always) {
+        match Journal::open(&data, SyncPolicy::Always, CLUSTER) {
             Err(JournalError::Corrupt {
                 path: named,
                 offset,
@@ -743,10 +1004,11 @@ mod tests {
         use crate::clock::{Clock, HlcClock};
         use crate::store::{PutTicket, StoreConfig};
         let (_dir, data) = private_dir();
-        let store = Arc::new(Store::new(
+        let store = Arc::new(crate::store::Store::new(
             StoreConfig::default(),
             HlcClock::new(Clock::starting_at(1_700_000_000_000), "n".into()),
         ));
+        let replicator = Replicator::new(store.clone(), Default::default());
         for n in 0..300 {
             store
                 .put(PutTicket {
@@ -756,11 +1018,11 @@ mod tests {
                 })
                 .unwrap();
         }
-        let (journal, _) = Journal::open(&data, SyncPolicy::Always).unwrap();
+        let (journal, _) = Journal::open(&data, SyncPolicy::Always, CLUSTER).unwrap();
         let journal = Arc::new(journal);
-        assert_eq!(snapshot_store(&journal, &store).await.unwrap(), 300);
+        assert_eq!(snapshot_store(&journal, &replicator).await.unwrap(), 300);
         drop(journal);
-        let (_, replayed) = Journal::open(&data, SyncPolicy::Always).unwrap();
+        let (_, replayed) = Journal::open(&data, SyncPolicy::Always, CLUSTER).unwrap();
         let mut got = ids(&replayed);
         got.sort();
         let mut want: Vec<String> = (0..300).map(|n| format!("TGT-{n}")).collect();
@@ -776,8 +1038,102 @@ mod tests {
         fs::create_dir(&data).unwrap();
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(matches!(
-            Journal::open(&data, SyncPolicy::Always),
+            Journal::open(&data, SyncPolicy::Always, CLUSTER),
             Err(JournalError::NotPrivate { mode: 0o755, .. })
         ));
+    }
+
+    fn slot_votes(slot: &str, promised_round: u32) -> SlotVotes {
+        let stamp = |ms| tessera_proto::peer::Stamp {
+            hlc: Some(tessera_proto::peer::Hlc {
+                wall_ms: ms,
+                logical: 0,
+            }),
+            node: "n".to_owned(),
+        };
+        SlotVotes {
+            id: "ST-1".to_owned(),
+            incarnation: Some(stamp(1)),
+            slot: slot.to_owned(),
+            promised_round,
+            promised_proposal: Some(stamp(2)),
+            forget_at_ms: 99,
+            ..SlotVotes::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn votes_are_synced_and_come_back_beside_the_entries() {
+        let (_dir, data) = private_dir();
+        {
+            let (journal, _) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
+            journal.append(&[record("a", 1)]).await.unwrap();
+            journal
+                .commit_votes(&[slot_votes("use:1", 0)])
+                .wait()
+                .await
+                .unwrap();
+            journal.commit_votes(&[]).wait().await.unwrap();
+            journal
+                .commit_votes(&[slot_votes("use:1", 2)])
+                .wait()
+                .await
+                .unwrap();
+        }
+        let (_, replayed) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
+        assert_eq!(ids(&replayed), ["a"]);
+        assert_eq!(
+            replayed.votes,
+            [slot_votes("use:1", 0), slot_votes("use:1", 2)]
+        );
+    }
+
+    #[test]
+    fn a_directory_of_another_cluster_or_a_newer_format_is_refused() {
+        let (_dir, data) = private_dir();
+        drop(Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap());
+        match Journal::open(&data, SyncPolicy::No, "tessera-other") {
+            Err(e @ JournalError::OtherCluster { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("another cluster"), "{message}");
+                assert!(message.contains(META), "{message}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("another cluster's directory was opened"),
+        }
+        let meta = data.join(META);
+        let text = fs::read_to_string(&meta).unwrap();
+        fs::write(&meta, text.replace("format = 1", "format = 7")).unwrap();
+        match Journal::open(&data, SyncPolicy::No, CLUSTER) {
+            Err(e @ JournalError::NewerFormat { format: 7, .. }) => {
+                assert!(e.to_string().contains("newer than this Tessera reads (1)"));
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a newer format was opened"),
+        }
+        fs::remove_file(&meta).unwrap();
+        assert!(
+            matches!(
+                Journal::open(&data, SyncPolicy::No, CLUSTER),
+                Err(JournalError::NoMeta { .. })
+            ),
+            "journal files without their meta file are not guessed at"
+        );
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_and_votes_from_is_kept() {
+        let (_dir, data) = private_dir();
+        let (journal, _) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
+        assert!(matches!(
+            Journal::open(&data, SyncPolicy::No, CLUSTER),
+            Err(JournalError::InUse { .. })
+        ));
+        assert_eq!(journal.votes_from_ms(), None);
+        journal.remember_votes_from(1_234).unwrap();
+        journal.remember_votes_from(5_678).unwrap();
+        drop(journal);
+        let (journal, _) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
+        assert_eq!(journal.votes_from_ms(), Some(1_234), "the first one stays");
     }
 }

@@ -326,7 +326,12 @@ pub async fn start_with(
     }
     let workers = Shutdown::new();
     let journal = match &config.data_dir {
-        Some(dir) => Some(open_journal(dir, config.sync, &replicator)?),
+        Some(dir) => Some(open_journal(
+            dir,
+            config.sync,
+            &data_cluster_id(secret.as_ref()),
+            &replicator,
+        )?),
         None => None,
     };
     let sweeper = Sweeper::new(replicator.clone());
@@ -336,7 +341,7 @@ pub async fn start_with(
     ];
     if let Some(journal) = journal {
         worker_tasks.push(worker::spawn(
-            Compaction::new(journal, store.clone()),
+            Compaction::new(journal, replicator.clone()),
             &workers,
         ));
     }
@@ -671,23 +676,40 @@ async fn report_readiness(
 fn open_journal(
     dir: &std::path::Path,
     sync: SyncPolicy,
+    cluster: &str,
     replicator: &Arc<Replicator>,
 ) -> Result<SharedJournal, ServerError> {
     let started = std::time::Instant::now();
-    let (journal, replayed) = Journal::open(dir, sync)?;
+    let (journal, replayed) = Journal::open(dir, sync, cluster)?;
     let read = replayed.entries.len();
-    let store = replicator.store();
-    store.apply_many(replayed.entries);
+    let votes = replayed.votes.len();
+    let cut_bytes = replayed.cut_bytes;
+    let journal = Arc::new(journal);
+    replicator
+        .attach_journal(journal.clone(), replayed)
+        .map_err(|e| {
+            ServerError::Journal(JournalError::Corrupt {
+                path: dir.display().to_string(),
+                offset: 0,
+                why: format!("a vote record: {e}"),
+            })
+        })?;
     info!(
         records = read,
-        held = store.records(),
-        cut_bytes = replayed.cut_bytes,
+        held = replicator.store().records(),
+        votes,
+        cut_bytes,
         took_ms = started.elapsed().as_millis() as u64,
         "tickets read back from the data directory"
     );
-    let journal = Arc::new(journal);
-    replicator.attach_journal(journal.clone());
     Ok(journal)
+}
+
+/// The cluster a data directory belongs to: the id derived from the cluster
+/// secret (the gossip cluster id, which reveals nothing of the secret), or
+/// `none` for a node without one.
+fn data_cluster_id(secret: Option<&ClusterSecret>) -> String {
+    secret.map_or_else(|| "none".to_owned(), ClusterSecret::gossip_cluster_id)
 }
 
 /// Report readiness for the ticket service and for the server as a whole

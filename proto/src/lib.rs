@@ -18,6 +18,13 @@ pub mod tessera {
             tonic::include_proto!("tessera.peer.v1");
         }
     }
+
+    /// The records of a data directory (`tessera.journal.v1`).
+    pub mod journal {
+        pub mod v1 {
+            tonic::include_proto!("tessera.journal.v1");
+        }
+    }
 }
 
 use std::marker::PhantomData;
@@ -25,6 +32,7 @@ use std::marker::PhantomData;
 use tonic::codec::BufferSettings;
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
+pub use tessera::journal::v1 as journal;
 pub use tessera::peer::v1 as peer;
 pub use tessera::v1;
 

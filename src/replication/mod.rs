@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use prost::Message as _;
 use tessera_proto::peer::peer_frame::Body;
@@ -40,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Millis;
 use crate::error::StoreError;
-use crate::journal::SharedJournal;
+use crate::journal::{Durable, Replayed, SharedJournal};
 use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{Expiry, PutTicket, Store, SweepReport, UpdateTicket, Written};
@@ -291,9 +292,32 @@ impl Replicator {
         let _ = self.network.set(network);
     }
 
-    /// Keep every write this node merges in `journal` before acknowledging it.
-    pub fn attach_journal(&self, journal: SharedJournal) {
+    /// Take back what `journal` held (`replayed`: entries merged as any
+    /// records are, past-retention ones dropped on the way; votes into the
+    /// book) and keep every write this node merges, and every vote it casts,
+    /// in it before acknowledging it (see [`votes`]).
+    pub fn attach_journal(
+        &self,
+        journal: SharedJournal,
+        replayed: Replayed,
+    ) -> Result<(), wire::WireError> {
+        self.store.apply_many(replayed.entries);
+        {
+            let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+            for record in replayed.votes {
+                book.restore(record)?;
+            }
+        }
         let _ = self.journal.set(journal);
+        Ok(())
+    }
+
+    /// Every slot's votes, for a snapshot of the journal.
+    pub fn vote_records(&self) -> Vec<tessera_proto::journal::SlotVotes> {
+        self.votes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records()
     }
 
     /// Put `records` in the journal, if there is one, as durably as its sync
@@ -1096,38 +1120,11 @@ impl Replicator {
         slot: &str,
     ) -> Result<(), SlotLoss> {
         let proposal = self.store.hlc().stamp();
-        let retain = current.retain_until_ms;
         let majority = self.majority();
         let mut granted = 0;
         let mut reason = None;
         let fast = Phase::Fast(proposal.clone());
-        match self.accept(id, Some(current.created.clone()), slot, &fast, retain) {
-            Ok(_) => granted += 1,
-            Err(Refusal::Voted(_)) => return self.recover_slot(id, current, slot, &proposal).await,
-            Err(Refusal::Taken(entry)) => {
-                return Err(SlotLoss::Stale(vec![to_record(id, &entry)]));
-            }
-            // Not voting here (R3): the others decide.
-            Err(Refusal::Cannot(why)) => reason = Some(why),
-        }
-        if granted >= majority {
-            return Ok(());
-        }
-        let peers = self.peers();
-        let Some(network) = self.network().cloned() else {
-            return Err(SlotLoss::Failed(
-                self.no_majority(granted, majority, reason),
-            ));
-        };
-        let propose = fast.to_propose(id, slot, current);
-        let mut calls: FuturesUnordered<_> = peers
-            .iter()
-            .map(|peer| {
-                let network = network.clone();
-                let body = Body::Propose(propose.clone());
-                async move { network.call(peer, body).await }
-            })
-            .collect();
+        let mut calls = self.ask_voters(fast.to_propose(id, slot, current));
         let deadline = tokio::time::sleep(self.config.call_timeout);
         tokio::pin!(deadline);
         let mut refused = false;
@@ -1260,32 +1257,7 @@ impl Replicator {
         phase: &Phase,
     ) -> PhaseAnswers {
         let mut answers = PhaseAnswers::default();
-        let retain = current.retain_until_ms;
-        match self.accept(id, Some(current.created.clone()), slot, phase, retain) {
-            Ok(accepted) => {
-                answers.granted += 1;
-                answers.accepted.extend(accepted);
-            }
-            Err(Refusal::Voted(votes)) => answers.highest_promise = votes.promised.round,
-            Err(Refusal::Taken(entry)) => {
-                answers.taken = Some(to_record(id, &entry));
-                return answers;
-            }
-            Err(Refusal::Cannot(why)) => answers.refusal = Some(why),
-        }
-        let Some(network) = self.network().cloned() else {
-            return answers;
-        };
-        let propose = phase.to_propose(id, slot, current);
-        let mut calls: FuturesUnordered<_> = self
-            .peers()
-            .into_iter()
-            .map(|peer| {
-                let network = network.clone();
-                let body = Body::Propose(propose.clone());
-                async move { network.call(&peer, body).await }
-            })
-            .collect();
+        let mut calls = self.ask_voters(phase.to_propose(id, slot, current));
         let deadline = tokio::time::sleep(self.config.call_timeout);
         tokio::pin!(deadline);
         loop {
@@ -1324,10 +1296,90 @@ impl Replicator {
         answers
     }
 
+    /// Ask this node and every live peer to vote on `propose`; this node's
+    /// answer comes back as a peer's would, and counts the same.
+    fn ask_voters(&self, propose: Propose) -> FuturesUnordered<BoxFuture<'_, PeerReply>> {
+        let calls: FuturesUnordered<BoxFuture<'_, PeerReply>> = FuturesUnordered::new();
+        if let Some(network) = self.network().cloned() {
+            for peer in self.peers() {
+                let network = network.clone();
+                let body = Body::Propose(propose.clone());
+                calls.push(Box::pin(async move { network.call(&peer, body).await }));
+            }
+        }
+        calls.push(Box::pin(async move { Ok(self.vote_on(&propose).await) }));
+        calls
+    }
+
+    /// This node's vote on `propose`, asked by a peer or by itself.
+    async fn vote_on(&self, propose: &Propose) -> Body {
+        let Ok(proposal) = stamp_from_wire(propose.proposal.clone(), "proposal") else {
+            return error_reply(Code::InvalidArgument, "proposal without a stamp");
+        };
+        let incarnation = match propose.incarnation.clone() {
+            Some(stamp) => match stamp_from_wire(Some(stamp), "incarnation") {
+                Ok(stamp) => Some(stamp),
+                Err(_) => return error_reply(Code::InvalidArgument, "bad incarnation"),
+            },
+            None => None,
+        };
+        let phase = match Phase::from_wire(propose, proposal) {
+            Ok(phase) => phase,
+            Err(e) => return error_reply(Code::InvalidArgument, &e),
+        };
+        let refused = |refusal: String| Vote {
+            granted: false,
+            refusal,
+            ballots: true,
+            ..Vote::default()
+        };
+        let answer = self
+            .accept(
+                &propose.id,
+                incarnation,
+                &propose.slot,
+                &phase,
+                propose.retain_until_ms,
+            )
+            .await;
+        Body::Vote(match answer {
+            Ok(accepted) => {
+                let (accepted_round, accepted_ballot, accepted_value) = match accepted {
+                    Some((ballot, value)) => (
+                        ballot.round,
+                        Some(stamp_to_wire(&ballot.proposal)),
+                        Some(stamp_to_wire(&value)),
+                    ),
+                    None => (0, None, None),
+                };
+                Vote {
+                    granted: true,
+                    accepted_round,
+                    accepted_ballot,
+                    accepted_value,
+                    ..refused(String::new())
+                }
+            }
+            Err(Refusal::Voted(votes)) => Vote {
+                voted_for: Some(stamp_to_wire(votes.holder())),
+                promised_round: votes.promised.round,
+                ..refused("voted for another proposal".to_owned())
+            },
+            Err(Refusal::Taken(entry)) => Vote {
+                entry: Some(to_record(&propose.id, &entry)),
+                ..refused("the slot is taken in the voter's copy".to_owned())
+            },
+            Err(Refusal::Cannot(why)) => refused(why),
+        })
+    }
+
     /// The acceptor: whether this node grants `phase` of a proposal on `slot`
     /// of the incarnation created at `incarnation` (rules R1 to R7 of
     /// [`votes`]). A promise (phase 1) returns what was accepted before.
-    fn accept(
+    /// In a cluster with a data directory, every answer of the book waits
+    /// until the votes it reports are on disk: a vote is a promise that must
+    /// outlive a crash.
+    async fn accept(
         &self,
         id: &str,
         incarnation: Option<crate::clock::Stamp>,
@@ -1379,12 +1431,36 @@ impl Replicator {
         }
         // R5 to R7
         let key: SlotKey = (id.to_owned(), Some(incarnation), slot.to_owned());
-        let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-        let answer = match phase {
-            Phase::Fast(proposal) => book.vote(key, proposal, retain_until_ms, now),
-            Phase::Prepare(ballot) => book.prepare(key, ballot, retain_until_ms, now),
-            Phase::Accept(ballot, value) => book.accept(key, ballot, value, retain_until_ms, now),
+        let (answer, durable) = {
+            let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+            let answer = match phase {
+                Phase::Fast(proposal) => book.vote(&key, proposal, retain_until_ms, now),
+                Phase::Prepare(ballot) => book.prepare(&key, ballot, retain_until_ms, now),
+                Phase::Accept(ballot, value) => {
+                    book.accept(&key, ballot, value, retain_until_ms, now)
+                }
+            };
+            // Handed to the journal under the book's lock: an answer that
+            // reports a vote (even a refusal, or a retry's) waits behind
+            // the sync of the record that cast it.
+            let durable = match self.journal.get() {
+                Some(journal) if clustered => {
+                    let changed = match answer {
+                        Ballot::Refused(_) => None,
+                        _ => book.record(&key),
+                    };
+                    journal.commit_votes(changed.as_slice())
+                }
+                _ => Durable::ready(),
+            };
+            (answer, durable)
         };
+        if let Err(e) = durable.wait().await {
+            error!(error = %e, "a vote could not be put in the journal");
+            return Err(Refusal::Cannot(format!(
+                "the voter could not store its vote on disk: {e}"
+            )));
+        }
         match answer {
             Ballot::Granted => Ok(None),
             Ballot::Promised(accepted) => Ok(accepted),
@@ -1448,65 +1524,7 @@ impl Replicator {
                     more: false,
                 })
             }
-            Body::Propose(propose) => {
-                let Ok(proposal) = stamp_from_wire(propose.proposal.clone(), "proposal") else {
-                    return error_reply(Code::InvalidArgument, "proposal without a stamp");
-                };
-                let incarnation = match propose.incarnation.clone() {
-                    Some(stamp) => match stamp_from_wire(Some(stamp), "incarnation") {
-                        Ok(stamp) => Some(stamp),
-                        Err(_) => return error_reply(Code::InvalidArgument, "bad incarnation"),
-                    },
-                    None => None,
-                };
-                let phase = match Phase::from_wire(&propose, proposal) {
-                    Ok(phase) => phase,
-                    Err(e) => return error_reply(Code::InvalidArgument, &e),
-                };
-                let refused = |refusal: String| Vote {
-                    granted: false,
-                    refusal,
-                    ballots: true,
-                    ..Vote::default()
-                };
-                Body::Vote(
-                    match self.accept(
-                        &propose.id,
-                        incarnation,
-                        &propose.slot,
-                        &phase,
-                        propose.retain_until_ms,
-                    ) {
-                        Ok(accepted) => {
-                            let (accepted_round, accepted_ballot, accepted_value) = match accepted {
-                                Some((ballot, value)) => (
-                                    ballot.round,
-                                    Some(stamp_to_wire(&ballot.proposal)),
-                                    Some(stamp_to_wire(&value)),
-                                ),
-                                None => (0, None, None),
-                            };
-                            Vote {
-                                granted: true,
-                                accepted_round,
-                                accepted_ballot,
-                                accepted_value,
-                                ..refused(String::new())
-                            }
-                        }
-                        Err(Refusal::Voted(votes)) => Vote {
-                            voted_for: Some(stamp_to_wire(votes.holder())),
-                            promised_round: votes.promised.round,
-                            ..refused("voted for another proposal".to_owned())
-                        },
-                        Err(Refusal::Taken(entry)) => Vote {
-                            entry: Some(to_record(&propose.id, &entry)),
-                            ..refused("the slot is taken in the voter's copy".to_owned())
-                        },
-                        Err(Refusal::Cannot(why)) => refused(why),
-                    },
-                )
-            }
+            Body::Propose(propose) => self.vote_on(&propose).await,
             Body::Decide(decide) => {
                 let Some(op) = decide.op else {
                     return error_reply(Code::InvalidArgument, "decide without an operation");
@@ -1756,6 +1774,9 @@ struct PhaseAnswers {
     older_voter: bool,
     refusal: Option<String>,
 }
+
+/// A voter's answer to a proposal, as the peer network delivers it.
+type PeerReply = Result<Body, PeerError>;
 
 /// Why this node refuses a proposal (see [`votes`]).
 enum Refusal {

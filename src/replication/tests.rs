@@ -19,17 +19,24 @@ struct TestCluster {
     nodes: Vec<Arc<Replicator>>,
     config: ReplicationConfig,
     offsets_ms: Vec<i64>,
+    /// When the cluster's clocks read `EPOCH`: a restarted node's clock
+    /// goes on from the same time.
+    started: tokio::time::Instant,
+    /// Each node's data directory (`data/node-<n>`), when it has one.
+    data: Option<tempfile::TempDir>,
 }
 
-/// Node `n` of a test cluster: store, replicator and a place on the hub.
+/// Node `n` of a test cluster: store, replicator and a place on the hub;
+/// its clock reads `now_ms` plus its offset.
 fn start_node(
     hub: &Arc<MemHub>,
     n: usize,
     config: &ReplicationConfig,
+    now_ms: Millis,
     clock_offset_ms: i64,
 ) -> Arc<Replicator> {
     let node: NodeId = format!("node-{n}").into();
-    let clock = Clock::starting_at(EPOCH).with_offset(clock_offset_ms);
+    let clock = Clock::starting_at(now_ms).with_offset(clock_offset_ms);
     let store = Arc::new(Store::new(
         StoreConfig::default(),
         HlcClock::new(clock, node.clone()),
@@ -52,7 +59,7 @@ impl TestCluster {
             .iter()
             .enumerate()
             .map(|(n, &offset)| {
-                let node = start_node(&hub, n, &config, offset);
+                let node = start_node(&hub, n, &config, EPOCH, offset);
                 // A first start: this node has never voted before.
                 node.remember_votes_since(0);
                 node
@@ -63,16 +70,47 @@ impl TestCluster {
             nodes,
             config,
             offsets_ms: offsets_ms.to_vec(),
+            started: tokio::time::Instant::now(),
+            data: None,
         };
         cluster.set_views(&(0..offsets_ms.len()).collect::<Vec<_>>());
         cluster
     }
 
+    /// A cluster whose nodes keep their tickets and votes in a data
+    /// directory each (sync `always`), as `--data-dir` does.
+    fn with_data_dirs(size: usize, config: ReplicationConfig) -> TestCluster {
+        let mut cluster = TestCluster::new(size, config);
+        cluster.data = Some(tempfile::tempdir().unwrap());
+        for n in 0..size {
+            cluster.open_data_dir(n);
+            // A first start, as in `with_clocks`, now kept in the directory.
+            cluster.nodes[n].remember_votes_since(0);
+        }
+        cluster
+    }
+
+    /// Open node `n`'s data directory, if the cluster keeps them, and take
+    /// back what it holds, as `tessera serve` does at start.
+    fn open_data_dir(&self, n: usize) {
+        let Some(root) = &self.data else { return };
+        let dir = root.path().join(format!("node-{n}"));
+        let (journal, replayed) =
+            crate::journal::Journal::open(&dir, crate::journal::SyncPolicy::Always, "tessera-test")
+                .unwrap();
+        self.nodes[n]
+            .attach_journal(Arc::new(journal), replayed)
+            .unwrap();
+    }
+
     /// Node `n` dies (kill -9: everything in memory is gone) and starts again
-    /// with the same id and an empty store. Its view is empty until set.
+    /// with the same id, on its data directory if it has one, else with an
+    /// empty store. Its view is empty until set.
     fn restart(&mut self, n: usize) {
         self.hub.leave(&self.id(n));
-        self.nodes[n] = start_node(&self.hub, n, &self.config, self.offsets_ms[n]);
+        let now = EPOCH + self.started.elapsed().as_millis() as Millis;
+        self.nodes[n] = start_node(&self.hub, n, &self.config, now, self.offsets_ms[n]);
+        self.open_data_dir(n);
     }
 
     fn id(&self, n: usize) -> NodeId {
@@ -1150,6 +1188,102 @@ async fn a_restarted_node_decides_nothing_before_its_stamps_are_fresh() {
     assert_ne!(cluster.nodes[1].arbiter(&id), cluster.id(0));
 }
 
+// ---- votes in the data directory (issue 15) ----
+
+/// A skew budget short enough to wait out in real time: the journal syncs on
+/// a thread of its own, which a paused clock would not wait for.
+const SHORT_BUDGET: Duration = Duration::from_millis(50);
+
+fn short_budget() -> ReplicationConfig {
+    ReplicationConfig {
+        max_clock_skew: SHORT_BUDGET,
+        ..ReplicationConfig::default()
+    }
+}
+
+/// Issue 15: with memory-only votes a restarted node voted only on tickets
+/// created after it caught up again (R3), so once every node of a cluster
+/// had restarted (a full restart, a completed rolling restart), no ticket
+/// created before could be consumed or compared-and-set any more. Votes in
+/// the data directory lift that for nodes restarted on their directory.
+#[tokio::test]
+async fn a_cluster_restarted_on_its_data_dirs_still_decides_older_tickets() {
+    let mut cluster = TestCluster::with_data_dirs(3, short_budget());
+    let id = "PT-restarted";
+    cluster.nodes[0]
+        .put(PutTicket {
+            max_uses: 3,
+            ..put(id, 600_000)
+        })
+        .await
+        .unwrap();
+    cluster.converge().await;
+    cluster.nodes[0].consume(id).await.unwrap();
+    for n in 0..3 {
+        cluster.restart(n);
+    }
+    cluster.set_views(&[0, 1, 2]);
+    cluster.converge().await;
+    // Caught up with each other; stamps fresh after twice the budget.
+    tokio::time::sleep(3 * SHORT_BUDGET).await;
+    assert!(cluster.nodes.iter().all(|node| node.votes_trusted()));
+    let second = cluster.nodes[1].consume(id).await.unwrap();
+    assert_eq!(second.uses, 2, "the use before the restart still counts");
+}
+
+/// Issue 15: a node restarted on its data directory votes on older tickets
+/// again, so it must remember what it voted for before: a different
+/// proposal on the same slot is refused with the vote it cast, across a
+/// restart and across a snapshot of the log.
+#[tokio::test]
+async fn a_vote_outlives_a_restart_on_the_data_dir() {
+    let mut cluster = TestCluster::with_data_dirs(3, short_budget());
+    let id = "ST-voted";
+    cluster.nodes[0].put(single_use(id)).await.unwrap();
+    cluster.converge().await;
+    let incarnation = cluster.nodes[1].store().incarnation_of(id);
+    let retain = cluster.nodes[1].store().entry(id).unwrap().retain_until_ms;
+    let first = cluster.nodes[0].store().hlc().stamp();
+    let vote = cluster.nodes[1]
+        .accept(
+            id,
+            incarnation.clone(),
+            "use:1",
+            &Phase::Fast(first.clone()),
+            retain,
+        )
+        .await;
+    assert!(vote.is_ok(), "node 1 did not vote");
+    for snapshot_first in [false, true] {
+        if snapshot_first {
+            let journal = cluster.nodes[1].journal.get().unwrap().clone();
+            crate::journal::snapshot_store(&journal, &cluster.nodes[1])
+                .await
+                .unwrap();
+        }
+        cluster.restart(1);
+        cluster.set_views(&[0, 1, 2]);
+        cluster.converge().await;
+        tokio::time::sleep(3 * SHORT_BUDGET).await;
+        let other = cluster.nodes[2].store().hlc().stamp();
+        let again = cluster.nodes[1]
+            .accept(
+                id,
+                incarnation.clone(),
+                "use:1",
+                &Phase::Fast(other),
+                retain,
+            )
+            .await;
+        match again {
+            Err(Refusal::Voted(votes)) => assert_eq!(*votes.holder(), first),
+            Err(Refusal::Cannot(why)) => panic!("refused without its vote: {why}"),
+            Err(Refusal::Taken(_)) => panic!("refused on its copy, not its vote"),
+            Ok(_) => panic!("voted for a second proposal on the slot"),
+        }
+    }
+}
+
 // ---- ballots: a slot is never lost (review #14, second bullet) ----
 
 /// Review #14 (second bullet): without ballots, two proposers that split the
@@ -1207,7 +1341,9 @@ async fn a_slot_won_by_a_dead_arbiter_is_finished_by_the_next() {
     let retain = cluster.nodes[1].store().entry(id).unwrap().retain_until_ms;
     for voter in [1, 2] {
         let fast = Phase::Fast(proposal.clone());
-        let vote = cluster.nodes[voter].accept(id, incarnation.clone(), "use:1", &fast, retain);
+        let vote = cluster.nodes[voter]
+            .accept(id, incarnation.clone(), "use:1", &fast, retain)
+            .await;
         assert!(vote.is_ok(), "node {voter} did not vote");
     }
     cluster.hub.leave(&cluster.id(0));

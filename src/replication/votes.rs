@@ -76,7 +76,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use tessera_proto::journal::SlotVotes as VoteRecord;
+
 use crate::clock::{Millis, Stamp};
+use crate::replication::wire::{WireError, stamp_from_wire, stamp_to_wire};
 
 /// (ticket id, created stamp of the incarnation when known, slot).
 pub type SlotKey = (String, Option<Stamp>, String);
@@ -111,9 +114,12 @@ impl SlotVotes {
     }
 }
 
-/// Votes cast by this node, remembered until the ticket's record may be forgotten.
+/// Votes cast by this node, remembered until the ticket's record may be
+/// forgotten; with a data directory, also in its log (each change, synced
+/// before it is answered) so that they outlive a restart.
 pub struct VoteBook {
-    votes: HashMap<SlotKey, SlotVotes>,
+    /// Each slot's votes and when they may be forgotten.
+    votes: HashMap<SlotKey, (SlotVotes, Millis)>,
     /// (forget at, slot), for dropping old votes without a scan.
     expiry: BTreeSet<(Millis, SlotKey)>,
     /// The latest wall clock of a proposal this node accepted (R2 bounds it by
@@ -147,7 +153,7 @@ impl VoteBook {
     /// retry). The caller has checked rules R1 to R4.
     pub fn vote(
         &mut self,
-        slot: SlotKey,
+        slot: &SlotKey,
         proposal: &Stamp,
         retain_until_ms: Millis,
         now_ms: Millis,
@@ -157,11 +163,11 @@ impl VoteBook {
             proposal: proposal.clone(),
         };
         self.note_proposal(proposal, now_ms);
-        match self.votes.get(&slot) {
-            Some(votes) if votes.accepted.as_ref().is_some_and(|(b, _)| *b == fast) => {
+        match self.votes.get(slot) {
+            Some((votes, _)) if votes.accepted.as_ref().is_some_and(|(b, _)| *b == fast) => {
                 Ballot::Granted
             }
-            Some(votes) => Ballot::Refused(votes.clone()),
+            Some((votes, _)) => Ballot::Refused(votes.clone()),
             None => {
                 let accepted = Some((fast.clone(), proposal.clone()));
                 self.remember(slot, fast, accepted, retain_until_ms);
@@ -174,15 +180,15 @@ impl VoteBook {
     /// ballot, unless a higher one was promised, and report what was accepted.
     pub fn prepare(
         &mut self,
-        slot: SlotKey,
+        slot: &SlotKey,
         ballot: &BallotId,
         retain_until_ms: Millis,
         now_ms: Millis,
     ) -> Ballot {
         self.note_proposal(&ballot.proposal, now_ms);
-        match self.votes.get_mut(&slot) {
-            Some(votes) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
-            Some(votes) => {
+        match self.votes.get_mut(slot) {
+            Some((votes, _)) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
+            Some((votes, _)) => {
                 votes.promised = ballot.clone();
                 Ballot::Promised(votes.accepted.clone())
             }
@@ -197,7 +203,7 @@ impl VoteBook {
     /// promised.
     pub fn accept(
         &mut self,
-        slot: SlotKey,
+        slot: &SlotKey,
         ballot: &BallotId,
         value: &Stamp,
         retain_until_ms: Millis,
@@ -205,9 +211,9 @@ impl VoteBook {
     ) -> Ballot {
         self.note_proposal(&ballot.proposal, now_ms);
         let accepted = Some((ballot.clone(), value.clone()));
-        match self.votes.get_mut(&slot) {
-            Some(votes) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
-            Some(votes) => {
+        match self.votes.get_mut(slot) {
+            Some((votes, _)) if votes.promised > *ballot => Ballot::Refused(votes.clone()),
+            Some((votes, _)) => {
                 votes.promised = ballot.clone();
                 votes.accepted = accepted;
                 Ballot::Granted
@@ -226,14 +232,58 @@ impl VoteBook {
 
     fn remember(
         &mut self,
-        slot: SlotKey,
+        slot: &SlotKey,
         promised: BallotId,
         accepted: Option<(BallotId, Stamp)>,
         retain_until_ms: Millis,
     ) {
         let forget_at = retain_until_ms.saturating_add(self.skew_budget_ms);
         self.expiry.insert((forget_at, slot.clone()));
-        self.votes.insert(slot, SlotVotes { promised, accepted });
+        self.votes
+            .insert(slot.clone(), (SlotVotes { promised, accepted }, forget_at));
+    }
+
+    /// The record of `slot`'s votes as they stand, for the log.
+    pub fn record(&self, slot: &SlotKey) -> Option<VoteRecord> {
+        self.votes
+            .get(slot)
+            .map(|(votes, forget_at)| to_record(slot, votes, *forget_at))
+    }
+
+    /// Every slot's votes, for a snapshot.
+    pub fn records(&self) -> Vec<VoteRecord> {
+        self.votes
+            .iter()
+            .map(|(slot, (votes, forget_at))| to_record(slot, votes, *forget_at))
+            .collect()
+    }
+
+    /// Take back a slot's votes read from the log. Votes only grow (a
+    /// promise only rises; an accepted ballot only rises, and one ballot has
+    /// one value), so the highest of each wins, in whatever order the
+    /// records come.
+    pub fn restore(&mut self, record: VoteRecord) -> Result<(), WireError> {
+        let (slot, votes, forget_at) = from_record(record)?;
+        match self.votes.get_mut(&slot) {
+            Some((held, _)) => {
+                if votes.promised > held.promised {
+                    held.promised = votes.promised;
+                }
+                let newer = match (&votes.accepted, &held.accepted) {
+                    (Some((ballot, _)), Some((held_ballot, _))) => ballot > held_ballot,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if newer {
+                    held.accepted = votes.accepted;
+                }
+            }
+            None => {
+                self.expiry.insert((forget_at, slot.clone()));
+                self.votes.insert(slot, (votes, forget_at));
+            }
+        }
+        Ok(())
     }
 
     /// Drop votes whose ticket can no longer come back, a few per vote: the
@@ -265,9 +315,59 @@ impl VoteBook {
     pub fn holders(&self) -> Vec<std::sync::Arc<str>> {
         self.votes
             .values()
-            .map(|votes| votes.holder().node.clone())
+            .map(|(votes, _)| votes.holder().node.clone())
             .collect()
     }
+}
+
+fn to_record(slot: &SlotKey, votes: &SlotVotes, forget_at_ms: Millis) -> VoteRecord {
+    let (id, incarnation, name) = slot;
+    let (accepted_round, accepted_ballot, accepted_value) = match &votes.accepted {
+        Some((ballot, value)) => (
+            ballot.round,
+            Some(stamp_to_wire(&ballot.proposal)),
+            Some(stamp_to_wire(value)),
+        ),
+        None => (0, None, None),
+    };
+    VoteRecord {
+        id: id.clone(),
+        incarnation: incarnation.as_ref().map(stamp_to_wire),
+        slot: name.clone(),
+        promised_round: votes.promised.round,
+        promised_proposal: Some(stamp_to_wire(&votes.promised.proposal)),
+        accepted_round,
+        accepted_ballot,
+        accepted_value,
+        forget_at_ms,
+    }
+}
+
+fn from_record(record: VoteRecord) -> Result<(SlotKey, SlotVotes, Millis), WireError> {
+    let incarnation = match record.incarnation {
+        Some(stamp) => Some(stamp_from_wire(Some(stamp), "incarnation")?),
+        None => None,
+    };
+    let promised = BallotId {
+        round: record.promised_round,
+        proposal: stamp_from_wire(record.promised_proposal, "promised_proposal")?,
+    };
+    let accepted = match (record.accepted_ballot, record.accepted_value) {
+        (Some(ballot), Some(value)) => Some((
+            BallotId {
+                round: record.accepted_round,
+                proposal: stamp_from_wire(Some(ballot), "accepted_ballot")?,
+            },
+            stamp_from_wire(Some(value), "accepted_value")?,
+        )),
+        (None, None) => None,
+        _ => return Err(WireError("an accepted ballot without its value".into())),
+    };
+    Ok((
+        (record.id, incarnation, record.slot),
+        SlotVotes { promised, accepted },
+        record.forget_at_ms,
+    ))
 }
 
 #[cfg(test)]
@@ -295,30 +395,30 @@ mod tests {
         let a = stamp(1, "a");
         let b = stamp(2, "b");
         assert_eq!(
-            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
+            book.vote(&slot("ST-1", "use:1"), &a, 100, 0),
             Ballot::Granted
         );
         assert_eq!(
-            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
+            book.vote(&slot("ST-1", "use:1"), &a, 100, 0),
             Ballot::Granted,
             "retries"
         );
         assert!(matches!(
-            book.vote(slot("ST-1", "use:1"), &b, 100, 0),
+            book.vote(&slot("ST-1", "use:1"), &b, 100, 0),
             Ballot::Refused(votes) if *votes.holder() == a
         ));
         assert_eq!(
-            book.vote(slot("ST-1", "use:2"), &b, 100, 0),
+            book.vote(&slot("ST-1", "use:2"), &b, 100, 0),
             Ballot::Granted
         );
         assert_eq!(
-            book.vote(slot("ST-2", "use:1"), &b, 100, 0),
+            book.vote(&slot("ST-2", "use:1"), &b, 100, 0),
             Ballot::Granted
         );
         assert_eq!(book.len(), 3);
         let later = stamp(120, "b");
         assert_eq!(
-            book.vote(slot("ST-3", "use:1"), &later, 500, 120),
+            book.vote(&slot("ST-3", "use:1"), &later, 500, 120),
             Ballot::Granted
         );
         assert_eq!(
@@ -333,8 +433,8 @@ mod tests {
         let mut book = VoteBook::new(10);
         let first = ("ST-1".to_owned(), Some(stamp(1, "x")), "use:1".to_owned());
         let again = ("ST-1".to_owned(), Some(stamp(5, "y")), "use:1".to_owned());
-        assert_eq!(book.vote(first, &stamp(2, "a"), 100, 2), Ballot::Granted);
-        assert_eq!(book.vote(again, &stamp(6, "b"), 100, 6), Ballot::Granted);
+        assert_eq!(book.vote(&first, &stamp(2, "a"), 100, 2), Ballot::Granted);
+        assert_eq!(book.vote(&again, &stamp(6, "b"), 100, 6), Ballot::Granted);
     }
 
     /// Review #2: a voter whose clock runs far ahead keeps the vote until the
@@ -344,13 +444,13 @@ mod tests {
         let mut book = VoteBook::new(10);
         let a = stamp(1, "a");
         assert_eq!(
-            book.vote(slot("ST-1", "use:1"), &a, 100, 0),
+            book.vote(&slot("ST-1", "use:1"), &a, 100, 0),
             Ballot::Granted
         );
         // Its own clock reads 30 s later; the next proposal is honest.
         let b = stamp(5, "b");
         assert!(matches!(
-            book.vote(slot("ST-1", "use:1"), &b, 100, 30_000),
+            book.vote(&slot("ST-1", "use:1"), &b, 100, 30_000),
             Ballot::Refused(votes) if *votes.holder() == a
         ));
     }
@@ -362,7 +462,7 @@ mod tests {
         let mut book = VoteBook::new(10);
         let a = stamp(1, "a");
         let key = slot("ST-1", "use:1");
-        assert_eq!(book.vote(key.clone(), &a, 100, 0), Ballot::Granted);
+        assert_eq!(book.vote(&key, &a, 100, 0), Ballot::Granted);
         let b1 = BallotId {
             round: 1,
             proposal: stamp(2, "b"),
@@ -372,14 +472,11 @@ mod tests {
             proposal: a.clone(),
         };
         assert_eq!(
-            book.prepare(key.clone(), &b1, 100, 0),
+            book.prepare(&key, &b1, 100, 0),
             Ballot::Promised(Some((fast_a, a.clone())))
         );
         assert!(
-            matches!(
-                book.vote(key.clone(), &stamp(3, "c"), 100, 0),
-                Ballot::Refused(_)
-            ),
+            matches!(book.vote(&key, &stamp(3, "c"), 100, 0), Ballot::Refused(_)),
             "the fast path is closed once promised"
         );
         let c1 = BallotId {
@@ -387,7 +484,7 @@ mod tests {
             proposal: stamp(3, "c"),
         };
         assert_eq!(
-            book.prepare(key.clone(), &c1, 100, 0),
+            book.prepare(&key, &c1, 100, 0),
             Ballot::Promised(Some((
                 BallotId {
                     round: 0,
@@ -397,16 +494,13 @@ mod tests {
             )))
         );
         assert!(
-            matches!(
-                book.accept(key.clone(), &b1, &a, 100, 0),
-                Ballot::Refused(_)
-            ),
+            matches!(book.accept(&key, &b1, &a, 100, 0), Ballot::Refused(_)),
             "b1 is below the promise to c1"
         );
-        assert_eq!(book.accept(key.clone(), &c1, &a, 100, 0), Ballot::Granted);
+        assert_eq!(book.accept(&key, &c1, &a, 100, 0), Ballot::Granted);
         assert_eq!(
             book.prepare(
-                key,
+                &key,
                 &BallotId {
                     round: 2,
                     proposal: stamp(4, "d")
@@ -423,13 +517,13 @@ mod tests {
         let mut book = VoteBook::new(0);
         let a = stamp(1, "a");
         for n in 0..100 {
-            book.vote(slot(&format!("ST-{n}"), "use:1"), &a, 100, 0);
+            book.vote(&slot(&format!("ST-{n}"), "use:1"), &a, 100, 0);
         }
         let later = stamp(200, "a");
-        book.vote(slot("ST-new", "use:1"), &later, 500, 200);
+        book.vote(&slot("ST-new", "use:1"), &later, 500, 200);
         assert_eq!(book.len(), 101 - FORGET_PER_VOTE, "one vote forgets a few");
         for n in 0..10 {
-            book.vote(slot(&format!("ST-later-{n}"), "use:1"), &later, 500, 200);
+            book.vote(&slot(&format!("ST-later-{n}"), "use:1"), &later, 500, 200);
         }
         assert_eq!(book.len(), 11, "the backlog is gone after a few votes");
     }

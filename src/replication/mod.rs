@@ -57,7 +57,7 @@ use wire::{
 const DECIDE_ATTEMPTS: usize = 3;
 /// Ballots a proposer runs to recover a slot before it gives up (see [`votes`]).
 const RECOVERY_ROUNDS: usize = 4;
-/// `votes_from_ms` before this node has caught up.
+/// `caught_up_at_ms` and `votes_from_ms` before this node has caught up.
 const NOT_CAUGHT_UP: Millis = Millis::MAX;
 /// Entries per push message.
 const PUSH_BATCH: usize = 512;
@@ -235,9 +235,13 @@ pub struct Replicator {
     journal: OnceLock<SharedJournal>,
     view: RwLock<View>,
     votes: Mutex<VoteBook>,
+    /// When this run of the node caught up with its cluster;
+    /// `NOT_CAUGHT_UP` until then.
+    caught_up_at_ms: AtomicU64,
     /// From when this node remembers every vote it cast (rule R3 of
-    /// [`votes`]): the moment it first caught up with its cluster, as votes
-    /// live in memory. `NOT_CAUGHT_UP` until then.
+    /// [`votes`]): the moment this run caught up, or with a data directory
+    /// the moment it first caught up on that directory (every vote since is
+    /// in its log). `NOT_CAUGHT_UP` until this run caught up.
     votes_from_ms: AtomicU64,
     /// Peers a full sync succeeded with, until caught up.
     synced_with: Mutex<HashSet<NodeId>>,
@@ -274,6 +278,7 @@ impl Replicator {
             network: OnceLock::new(),
             journal: OnceLock::new(),
             votes: Mutex::new(VoteBook::new(budget_ms)),
+            caught_up_at_ms: AtomicU64::new(NOT_CAUGHT_UP),
             votes_from_ms: AtomicU64::new(NOT_CAUGHT_UP),
             synced_with: Mutex::new(HashSet::new()),
             draining: AtomicBool::new(false),
@@ -454,7 +459,26 @@ impl Replicator {
     /// cast since `since_ms` (rule R3 of [`votes`]): for a node known never to
     /// have voted before (the test harness's first start).
     pub fn remember_votes_since(&self, since_ms: Millis) {
-        self.votes_from_ms.store(since_ms, Ordering::Release);
+        self.caught_up_at_ms.store(since_ms, Ordering::Release);
+        self.votes_from_ms
+            .store(self.remembered_votes_from(since_ms), Ordering::Release);
+    }
+
+    /// From when this node's votes are all remembered, having caught up at
+    /// `now`: with a data directory, from its first catch-up there (kept in
+    /// the directory the first time), else from `now`.
+    fn remembered_votes_from(&self, now: Millis) -> Millis {
+        let Some(journal) = self.journal.get() else {
+            return now;
+        };
+        if let Some(from) = journal.votes_from_ms() {
+            return from;
+        }
+        if let Err(e) = journal.remember_votes_from(now) {
+            // Only costs the next start its votes on older tickets (R3).
+            warn!(error = %e, "could not keep the vote horizon in the data directory");
+        }
+        now
     }
 
     /// This node is leaving (rolling deploy, scale-in): from now on it votes
@@ -469,7 +493,7 @@ impl Replicator {
     /// ([`Replicator::mark_caught_up`]). Two nodes that restart together
     /// cannot vouch for each other while a third holds the data (review #11).
     pub fn caught_up(&self) -> bool {
-        self.votes_from_ms.load(Ordering::Acquire) != NOT_CAUGHT_UP
+        self.caught_up_at_ms.load(Ordering::Acquire) != NOT_CAUGHT_UP
     }
 
     /// This node holds what its cluster holds, from now on (once; later calls
@@ -477,11 +501,17 @@ impl Replicator {
     pub fn mark_caught_up(&self) {
         let now = self.store.hlc().clock().now_ms();
         if self
-            .votes_from_ms
+            .caught_up_at_ms
             .compare_exchange(NOT_CAUGHT_UP, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            info!("caught up with the cluster");
+            // Until this is stored, R3 refuses every incarnation: safe.
+            let from = self.remembered_votes_from(now);
+            self.votes_from_ms.store(from, Ordering::Release);
+            info!(
+                votes_remembered_for_ms = now.saturating_sub(from),
+                "caught up with the cluster"
+            );
         }
     }
 
@@ -512,13 +542,19 @@ impl Replicator {
             .saturating_add(2 * self.skew_budget_ms())
     }
 
-    /// Whether this node votes on tickets created from now on: twice the skew
-    /// budget after it caught up (2 s by default), or at once when alone by
-    /// design. A node reports ready only then, so a fleet that starts together
-    /// takes no ticket its nodes could not vote on.
+    /// Whether this node votes on tickets created from now on, and takes
+    /// decisions for its peers: twice the skew budget after this run caught
+    /// up (2 s by default; its proposal stamps are then past every stamp of
+    /// a previous run), or at once when alone by design. A node reports
+    /// ready only then, so a fleet that starts together takes no ticket its
+    /// nodes could not vote on.
     pub fn votes_trusted(&self) -> bool {
+        let fresh_from = self
+            .caught_up_at_ms
+            .load(Ordering::Acquire)
+            .saturating_add(2 * self.skew_budget_ms());
         self.expected_size() < 2
-            || (self.caught_up() && self.store.hlc().clock().now_ms() >= self.votes_cover_from_ms())
+            || (self.caught_up() && self.store.hlc().clock().now_ms() >= fresh_from)
     }
 
     /// Whether this node's clock is suspect now: see [`View::clock_suspect`].

@@ -17,20 +17,27 @@
 //! - **R2, proposal on time.** The proposal's stamp is not more than the skew
 //!   budget ahead of its own clock: a proposer's stamps drive when votes are
 //!   forgotten (below), so a fast one must not push that forward.
-//! - **R3, memory covers the slot.** Votes live in memory only, so a node that
-//!   restarted (or a new task standing in for a lost one) has forgotten every
-//!   vote it cast before it started. Its memory counts from the moment it
-//!   first caught up with its cluster (after its start, and after its peers
-//!   could see it), and it votes only for incarnations created at least twice
-//!   the skew budget after that: a created stamp is at most one budget off
+//! - **R3, memory covers the slot.** A node remembers its votes from a
+//!   moment on: without a data directory, votes live in memory only, so a
+//!   node that restarted (or a new task standing in for a lost one) has
+//!   forgotten every vote it cast before; its memory counts from the moment
+//!   this run first caught up with its cluster (after its start, and after
+//!   its peers could see it). With a data directory every vote is in the
+//!   log, synced before it is answered, and the memory counts from the first
+//!   catch-up on that directory (kept in `tessera-data.toml`), so a node
+//!   restarted on its directory votes on what it voted on before. Either
+//!   way it votes only for incarnations created at least twice the skew
+//!   budget after that moment: a created stamp is at most one budget off
 //!   real time and so is the memory's start, so such an incarnation did not
-//!   exist when an earlier process of this node could have voted, nor when
-//!   a decision could have been taken by a majority this node was not yet
-//!   counted in.
+//!   exist when a forgotten vote could have been cast, nor when a decision
+//!   could have been taken by a majority this node was not yet counted in.
 //!   Older tickets are decided by the nodes that remember (any majority of the
-//!   others); a restarted node serves them, but does not vote on them. Alone
+//!   others); a node that forgot serves them, but does not vote on them. Alone
 //!   by design (expected size 1) there is nobody to disagree with, and the
-//!   rule does not apply.
+//!   rule does not apply (nor are votes written to the log: the use record
+//!   itself is the decision, as durable as the sync policy makes it).
+//!   A data directory must therefore never be restored from a backup or
+//!   copied to a second node: it would claim votes it no longer holds.
 //! - **R4, its copy agrees.** Its own copy does not show the slot taken: a
 //!   tombstone, a newer incarnation, the use already counted or a newer
 //!   payload version. It then refuses and hands its copy back, so the proposer

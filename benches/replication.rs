@@ -281,6 +281,7 @@ impl Cluster {
             peer_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             anti_entropy_interval: self.anti_entropy,
             discovery_interval: Duration::from_secs(1),
+            data_dir: None,
             ..NodeConfig::default()
         }
     }

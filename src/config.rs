@@ -42,8 +42,10 @@ pub struct NodeConfig {
     pub worker_threads: Option<usize>,
 
     // ---- durability ----
-    /// Where tickets are kept across restarts (a journal and snapshots; see
-    /// `journal`). Unset: memory only, as before.
+    /// Where tickets and votes are kept across restarts (a journal and
+    /// snapshots; see `journal`) [default: `tessera-data`, in the working
+    /// directory]. `"none"` (`None`): memory only.
+    #[serde(deserialize_with = "data_dir")]
     pub data_dir: Option<PathBuf>,
     /// When the journal is synced: `always`, `everysec` or `no`.
     pub sync: SyncPolicy,
@@ -106,6 +108,20 @@ pub enum DiscoveryMode {
     Ecs,
 }
 
+/// Where a node keeps its tickets unless told otherwise (relative to the
+/// working directory).
+pub const DEFAULT_DATA_DIR: &str = "tessera-data";
+
+/// A data directory setting: a path, or `none` for memory only.
+pub fn parse_data_dir(text: &str) -> Option<PathBuf> {
+    (text != "none").then(|| PathBuf::from(text))
+}
+
+fn data_dir<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(parse_data_dir(&text))
+}
+
 /// Default gossip port.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 /// Default peer (data plane) port.
@@ -122,7 +138,7 @@ impl Default for NodeConfig {
             max_clock_skew: Duration::from_millis(store.skew_budget_ms),
             shards: store.shards,
             worker_threads: None,
-            data_dir: None,
+            data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
             sync: SyncPolicy::default(),
             discovery: None,
             seeds: Vec::new(),
@@ -403,6 +419,19 @@ mod tests {
         assert_eq!(
             config.api_token_file.as_deref(),
             Some(Path::new("/run/secrets/tessera-api-token"))
+        );
+    }
+
+    #[test]
+    fn the_data_dir_defaults_to_tessera_data_and_none_means_memory_only() {
+        let config: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(config.data_dir.as_deref(), Some(Path::new("tessera-data")));
+        let config: NodeConfig = toml::from_str("data_dir = \"none\"").unwrap();
+        assert_eq!(config.data_dir, None);
+        let config: NodeConfig = toml::from_str("data_dir = \"/var/lib/tessera\"").unwrap();
+        assert_eq!(
+            config.data_dir.as_deref(),
+            Some(Path::new("/var/lib/tessera"))
         );
     }
 

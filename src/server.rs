@@ -325,6 +325,11 @@ pub async fn start_with(
         replicator.follow_service_size(size);
     }
     let workers = Shutdown::new();
+    if config.data_dir.is_none() {
+        warn!(
+            "tickets live in memory only (data_dir none): a restart of this node keeps only what its peers hold"
+        );
+    }
     let journal = match &config.data_dir {
         Some(dir) => Some(open_journal(
             dir,
@@ -695,6 +700,7 @@ fn open_journal(
             })
         })?;
     info!(
+        dir = %std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()).display(),
         records = read,
         held = replicator.store().records(),
         votes,

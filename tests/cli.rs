@@ -36,6 +36,7 @@ fn serve(extra: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
     let listen = format!("127.0.0.1:{port}");
     let mut command = Command::new(BIN);
     command
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--node-id", "cli-test"])
         .args(extra)
         .env_remove("TESSERA_LISTEN")
@@ -85,6 +86,7 @@ fn tessera(addr: &str, args: &[&str]) -> Output {
 fn tessera_with(addr: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command
+        .env("TESSERA_DATA_DIR", "none")
         .args(args)
         .args(["--addr", addr, "--timeout", "2s"])
         .env_remove("TESSERA_ADDR")
@@ -282,6 +284,7 @@ fn serve_takes_settings_from_toml_env_and_flags() {
 #[test]
 fn serve_refuses_bad_settings_with_exit_2() {
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--shards", "0", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -290,6 +293,7 @@ fn serve_refuses_bad_settings_with_exit_2() {
     let mut config = tempfile::NamedTempFile::new().unwrap();
     writeln!(config, "listn = \"127.0.0.1:1\"").unwrap();
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--config", config.path().to_str().unwrap()])
         .output()
         .unwrap();
@@ -302,6 +306,7 @@ fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
     // Flag and variable: refused before anything starts, naming the flag.
     for bad in ["0", "-5701", "70000", "x"] {
         let out = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
             .args(["serve", "--discovery", "ecs", "--ecs-gossip-port", bad])
             .output()
             .unwrap();
@@ -309,6 +314,7 @@ fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("--ecs-gossip-port"), "{bad}: {stderr}");
         let out = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
             .args(["serve", "--discovery", "ecs"])
             .env("TESSERA_ECS_GOSSIP_PORT", bad)
             .output()
@@ -321,6 +327,7 @@ fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
         let mut config = tempfile::NamedTempFile::new().unwrap();
         writeln!(config, "discovery = \"ecs\"\necs_gossip_port = {bad}").unwrap();
         let out = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
             .args(["serve", "--config", config.path().to_str().unwrap()])
             .output()
             .unwrap();
@@ -330,6 +337,7 @@ fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
     }
     // ECS settings without ECS discovery are not silently ignored.
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--ecs-service", "tessera"])
         .output()
         .unwrap();
@@ -341,6 +349,7 @@ fn serve_refuses_an_ecs_gossip_port_that_is_not_a_port() {
 #[test]
 fn ecs_discovery_outside_ecs_says_why() {
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--discovery", "ecs", "--listen", "127.0.0.1:0"])
         .env(
             "TESSERA_CLUSTER_SECRET",
@@ -451,6 +460,7 @@ fn client_subcommands_send_the_api_token_and_exit_2_without_it() {
 #[test]
 fn serve_with_peers_refuses_to_start_without_an_api_token() {
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--listen", "127.0.0.1:0", "--seeds", "127.0.0.1:9"])
         .args([
             "--expected-size",
@@ -475,6 +485,7 @@ fn serve_with_peers_refuses_to_start_without_an_api_token() {
 
     // --token-file is the client's flag: serve refuses it rather than ignore it.
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args([
             "serve",
             "--listen",
@@ -493,6 +504,7 @@ fn serve_with_peers_refuses_to_start_without_an_api_token() {
 fn serve_refuses_a_world_readable_api_token_file() {
     let readable = token_file(0o644);
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--listen", "127.0.0.1:0", "--api-token-file"])
         .arg(readable.path())
         .env_remove("TESSERA_API_TOKEN")
@@ -518,6 +530,7 @@ fn serve_refuses_a_world_readable_api_token_file() {
 #[test]
 fn serve_with_peers_refuses_to_start_without_an_expected_size() {
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--listen", "127.0.0.1:0", "--seeds", "127.0.0.1:9"])
         .env_remove("TESSERA_EXPECTED_SIZE")
         .env_remove("TESSERA_CONFIG")
@@ -527,6 +540,61 @@ fn serve_with_peers_refuses_to_start_without_an_expected_size() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("expected_size"), "{stderr}");
     assert!(stderr.contains("--expected-size"), "{stderr}");
+}
+
+/// Durability is the default: `tessera serve` with no data-dir setting keeps
+/// its tickets in a private `tessera-data` in the working directory, and
+/// `--data-dir none` keeps them in memory only.
+#[test]
+fn a_node_keeps_its_tickets_in_tessera_data_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let start = |extra: &[&str]| {
+        let child = Command::new(BIN)
+            .current_dir(dir.path())
+            .env_remove("TESSERA_DATA_DIR")
+            .env_remove("TESSERA_CONFIG")
+            .env_remove("TESSERA_API_TOKEN")
+            .env_remove("TESSERA_API_TOKEN_FILE")
+            .args(["serve", "--node-id", "cli-test", "--listen", &listen])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tessera serve");
+        let node = ServeProcess {
+            child,
+            addr: format!("http://{listen}"),
+        };
+        wait_until_serving(&node.addr);
+        node
+    };
+    let node = start(&[]);
+    let out = tessera(&node.addr, &["put", "TGT-default", "--ttl", "8h"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    drop(node); // SIGKILL
+    let data = dir.path().join("tessera-data");
+    assert!(
+        data.join("tessera-data.toml").is_file(),
+        "no default data dir"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the default data dir is private");
+    }
+    let node = start(&[]);
+    let out = tessera(&node.addr, &["get", "TGT-default"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "lost in a restart on the default dir: {out:?}"
+    );
+    drop(node);
+    let node = start(&["--data-dir", "none"]);
+    let out = tessera(&node.addr, &["get", "TGT-default"]);
+    assert_eq!(code(&out), 1, "--data-dir none read the directory: {out:?}");
 }
 
 /// Durability: a node with a data directory, killed with SIGKILL (no
@@ -613,6 +681,7 @@ fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o755)).unwrap();
         let out = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
             .args([
                 "serve",
                 "--node-id",

@@ -24,6 +24,7 @@ fn start_fleet() -> Fleet {
     for (n, ip) in ips.iter().enumerate() {
         let api = format!("{ip}:{}", free_port(ip));
         let child = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
             .args(["serve", "--node-id", &format!("cli-node-{n}")])
             .args(["--listen", &api])
             .args(["--gossip-listen", &format!("{ip}:{GOSSIP_PORT}")])
@@ -119,6 +120,7 @@ async fn a_three_node_cluster_from_the_command_line() {
     // The CLI itself, against the two survivors with failover.
     let survivors = format!("{},{}", fleet.api[2], fleet.api[1]);
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["count", "--json", "--addr", &survivors])
         .env("TESSERA_API_TOKEN", API_TOKEN)
         .output()
@@ -129,6 +131,7 @@ async fn a_three_node_cluster_from_the_command_line() {
 
     // Without the token the CLI is refused, exit 2, and tries no other node.
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["count", "--addr", &survivors])
         .env_remove("TESSERA_API_TOKEN")
         .output()

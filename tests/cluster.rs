@@ -116,6 +116,7 @@ impl Cluster {
             peer_listen: Some("127.0.0.1:0".parse().expect("addr")),
             anti_entropy_interval: Duration::from_millis(500),
             discovery_interval: Duration::from_secs(1),
+            data_dir: None,
             ..NodeConfig::default()
         }
     }

@@ -192,6 +192,7 @@ fn start_node(
     let api = format!("{ip}:{}", free_port(ip));
     let log = dir.join(format!("{node}.log"));
     let child = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["serve", "--node-id", &format!("ecs-{node}")])
         .args(["--listen", &api])
         .args(["--gossip-listen", &format!("{ip}:{GOSSIP_PORT}")])
@@ -302,6 +303,7 @@ async fn nodes_find_each_other_through_the_ecs_api() {
     // One cluster, from nothing but the ECS API: no seeds anywhere.
     wait_for_members(&fleet, &[0, 1, 2], &["ecs-node0", "ecs-node1", "ecs-node2"]).await;
     let out = Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
         .args(["members", "--json", "--addr", &fleet.api[0]])
         .env("TESSERA_API_TOKEN", API_TOKEN)
         .output()

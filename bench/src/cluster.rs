@@ -192,6 +192,9 @@ impl Fleet {
                 "3",
                 "--log",
                 "warn",
+                // Memory only, as the single-node comparisons with Redis.
+                "--data-dir",
+                "none",
             ])
             .arg("--cluster-secret-file")
             .arg(self.dir.join("secret"))

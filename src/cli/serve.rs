@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::Exit;
 use crate::clock::Clock;
-use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_duration};
+use crate::config::{ConfigError, DiscoveryMode, NodeConfig, parse_data_dir, parse_duration};
 use crate::journal::SyncPolicy;
 use crate::replication::WriteQuorum;
 use crate::secret::{ApiToken, ClusterSecret};
@@ -44,10 +44,11 @@ pub struct ServeArgs {
     /// Threads that run the node's tasks [default: one per core].
     #[arg(long, env = "TESSERA_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// Keep tickets across restarts in this directory (created private; a
-    /// journal and snapshots) [default: memory only].
+    /// Keep tickets and votes across restarts in this directory (created
+    /// private; a journal and snapshots), or `none` for memory only
+    /// [default: tessera-data, in the working directory].
     #[arg(long, env = "TESSERA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub data_dir: Option<String>,
     /// When the journal is synced: always (before every acknowledgement,
     /// group-committed), everysec (a machine crash loses up to ~1 s) or no
     /// [default: everysec].
@@ -146,8 +147,8 @@ impl ServeArgs {
         if let Some(shards) = self.shards {
             config.shards = shards;
         }
-        if self.data_dir.is_some() {
-            config.data_dir = self.data_dir.clone();
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = parse_data_dir(dir);
         }
         if let Some(sync) = self.sync {
             config.sync = sync;

@@ -16,6 +16,8 @@ pub fn config() -> NodeConfig {
     NodeConfig {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         node_id: NODE_ID.into(),
+        // Memory only: a test node writes nothing into the checkout.
+        data_dir: None,
         ..NodeConfig::default()
     }
 }

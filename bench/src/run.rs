@@ -81,6 +81,10 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+    /// Said after the section's title: what the targets were set up with
+    /// (e.g. their persistence), which the URLs do not show.
+    #[arg(long)]
+    pub setup: Option<String>,
     /// Write every measured operation to this file, one line each:
     /// `round target-url op due_micros latency_micros` (due = scheduled start,
     /// from the round's start). Shows when in a round the slow calls were.
@@ -263,8 +267,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         0 => "a Redis connection per client".to_owned(),
         n => format!("{n} shared Redis connection(s)"),
     };
+    let setup = args
+        .setup
+        .as_ref()
+        .map(|setup| format!("; {setup}"))
+        .unwrap_or_default();
     let title = format!(
-        "{} workload, {} clients, {pace}; {} tessera-client(s), {redis_conns}",
+        "{} workload, {} clients, {pace}; {} tessera-client(s), {redis_conns}{setup}",
         spec.workload.name(),
         spec.clients,
         sharing.tessera,

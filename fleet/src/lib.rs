@@ -35,6 +35,8 @@ pub struct Fleet {
     /// Host port of node1's API; node N is on `first_port + N - 1`.
     first_port: u16,
     secrets: PathBuf,
+    /// `node<N>` below it is node N's data directory (bind-mounted at /data).
+    data: PathBuf,
     /// Extra compose files (e.g. one node's environment for a scenario).
     overrides: Vec<PathBuf>,
     token: String,
@@ -149,6 +151,17 @@ impl Fleet {
                 chown(&path, Some(NODE_UID), Some(NODE_UID))?;
             }
         }
+        // Each node's data directory, empty and private for every run.
+        let data = dir.join("data");
+        let _ = std::fs::remove_dir_all(&data);
+        for node in 1..=4 {
+            let path = data.join(format!("node{node}"));
+            std::fs::create_dir_all(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+            if is_root() {
+                chown(&path, Some(NODE_UID), Some(NODE_UID))?;
+            }
+        }
         let mut overrides = Vec::new();
         if !node_env.is_empty() {
             let mut yaml = String::from("services:\n");
@@ -166,6 +179,7 @@ impl Fleet {
             subnet: format!("10.213.{subnet_octet}"),
             first_port,
             secrets,
+            data,
             overrides,
             token,
         };
@@ -196,6 +210,7 @@ impl Fleet {
             .args(args)
             .env("TESSERA_SUBNET", &self.subnet)
             .env("TESSERA_SECRETS_DIR", &self.secrets)
+            .env("TESSERA_DATA_ROOT", &self.data)
             .env("TESSERA_UID", uid.to_string())
             .env("TESSERA_GID", gid.to_string())
             .env("TESSERA_IMAGE", NODE_IMAGE);
@@ -243,15 +258,27 @@ impl Fleet {
         Ok(id)
     }
 
-    /// `kill -9` of the node's process: no drain, no goodbye.
-    pub fn kill(&self, node: u8) -> anyhow::Result<()> {
-        docker(&["kill", "--signal", "KILL", &self.container(node)?]).map(drop)
+    /// `kill -9` of the nodes' processes, in one `docker kill`: no drain,
+    /// no goodbye.
+    pub fn kill(&self, nodes: &[u8]) -> anyhow::Result<()> {
+        self.docker_on(&["kill", "--signal", "KILL"], nodes)
     }
 
-    /// Start a killed node's container again: same node id, empty memory, as
-    /// ECS replaces a task that died (but at once).
-    pub fn start_again(&self, node: u8) -> anyhow::Result<()> {
-        docker(&["start", &self.container(node)?]).map(drop)
+    /// Start killed nodes' containers again, in one `docker start`: same
+    /// node ids, empty memory, the same data directories (tasks restarted on
+    /// their volumes, but at once).
+    pub fn start_again(&self, nodes: &[u8]) -> anyhow::Result<()> {
+        self.docker_on(&["start"], nodes)
+    }
+
+    fn docker_on(&self, command: &[&str], nodes: &[u8]) -> anyhow::Result<()> {
+        let containers = nodes
+            .iter()
+            .map(|node| self.container(*node))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut args = command.to_vec();
+        args.extend(containers.iter().map(String::as_str));
+        docker(&args).map(drop)
     }
 
     /// SIGTERM (graceful leave), then start again, as a rolling deploy does.
@@ -362,12 +389,14 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// Containers, network and secrets go, whether the scenario passed or not.
+    /// Containers, network, secrets and data go, whether the scenario passed
+    /// or not.
     fn drop(&mut self) {
         if let Err(e) = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "1"]) {
             eprintln!("cleanup of {} failed: {e:#}", self.project);
         }
         let _ = std::fs::remove_dir_all(&self.secrets);
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 

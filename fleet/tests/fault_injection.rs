@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tessera_client::Client;
+use tessera_client::{Client, NewTicket};
 use tessera_fleet::Fleet;
 use tessera_fleet::workload::{History, Load, Race, Report, User, logout_some};
 
@@ -100,7 +100,7 @@ async fn kill_one_node_under_load_scenario() -> anyhow::Result<()> {
 
     let observer = fleet.client(&[1], Duration::from_secs(2)).await?;
     let killed_at = Instant::now();
-    fleet.kill(3)?;
+    fleet.kill(&[3])?;
     let kill_done = Instant::now();
     let detected = wait_gone(&observer, "node3", killed_at, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -162,8 +162,8 @@ async fn kill_and_restart_one_node_five_times_scenario() -> anyhow::Result<()> {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let start = Instant::now();
-        fleet.kill(2)?;
-        fleet.start_again(2)?;
+        fleet.kill(&[2])?;
+        fleet.start_again(&[2])?;
         fleet.wait_healthy(&[1, 2, 3], Duration::from_secs(60))?;
         took.push(format!("{:.1}", start.elapsed().as_secs_f64()));
     }
@@ -188,6 +188,91 @@ async fn kill_and_restart_one_node_five_times_scenario() -> anyhow::Result<()> {
     );
     assert_clean("kill-restart-x5", &report, &fleet);
     assert!(raced.won_once > 50, "too few races decided: {raced:?}");
+    Ok(())
+}
+
+/// Scenario 8: the whole fleet killed at once (`docker kill` of all three
+/// under load: a bad deploy, a lost availability zone) and started again on
+/// its data directories, with `--sync always`: every session acknowledged
+/// before the stop is there, none comes back from a logout, and no
+/// single-use ticket is consumed twice, before or after. Tickets of two uses,
+/// used once before the stop, can be used once more after it and not twice:
+/// the nodes remember their votes (with memory-only votes no node could vote
+/// on them again).
+#[test]
+fn kill_the_whole_fleet_and_start_it_again() -> anyhow::Result<()> {
+    one_at_a_time(kill_the_whole_fleet_and_start_it_again_scenario())
+}
+
+async fn kill_the_whole_fleet_and_start_it_again_scenario() -> anyhow::Result<()> {
+    let always: Vec<(u8, &str, &str)> = (1..=3).map(|n| (n, "TESSERA_SYNC", "always")).collect();
+    let fleet = Fleet::start_with_env("fullstop", 28, 17171, &always, &[1, 2, 3])?;
+    let history = Arc::new(History::default());
+    let load = Load::start(
+        &fleet,
+        &User::spread(USERS, &[1, 2, 3]),
+        "fullstop",
+        history.clone(),
+    )
+    .await?;
+    let race = Race::start(&fleet, &[1, 2, 3], "fullstop", history.clone()).await?;
+    let client = fleet.client(&[1, 2, 3], Duration::from_secs(3)).await?;
+    let twice: Vec<String> = (0..30).map(|n| format!("PT-fullstop-{n}")).collect();
+    for id in &twice {
+        let ticket = NewTicket::new(id.clone(), Duration::from_secs(600))
+            .kind("PT")
+            .max_uses(2);
+        client.put(ticket).await?;
+        client.consume(id).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let acknowledged_before = history.acknowledged();
+    let start = Instant::now();
+    fleet.kill(&[1, 2, 3])?;
+    fleet.start_again(&[1, 2, 3])?;
+    let healthy = fleet.wait_healthy(&[1, 2, 3], Duration::from_secs(90))?;
+    let healthy_after = start.elapsed().max(healthy);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let raced = race.stop().await;
+    let history = load.stop().await;
+    let mut second_use_refused = Vec::new();
+    for id in &twice {
+        if let Err(e) = client.consume(id).await {
+            second_use_refused.push(format!("{id}: {e}"));
+        }
+        assert!(
+            client.consume(id).await.is_err(),
+            "{id}: a ticket of two uses was used three times"
+        );
+    }
+    let (converge, report) = history
+        .converge(&fleet, &[1, 2, 3], Duration::from_secs(30))
+        .await?;
+    print_scenario(
+        "full-stop",
+        &report,
+        converge,
+        &format!(
+            "acknowledged_before_kill={acknowledged_before} healthy_after={:.1}s second_uses_after={}/{} raced={} won_once={} won_never={} failures_by_cause=[{}]",
+            healthy_after.as_secs_f64(),
+            twice.len() - second_use_refused.len(),
+            twice.len(),
+            raced.raced,
+            raced.won_once,
+            raced.won_never,
+            failures_by_cause(&history)
+        ),
+    );
+    assert_clean("full-stop", &report, &fleet);
+    assert!(
+        acknowledged_before > 100,
+        "too little was acknowledged before the kill: {acknowledged_before}"
+    );
+    assert!(raced.won_once > 20, "too few races decided: {raced:?}");
+    assert!(
+        second_use_refused.is_empty(),
+        "uses refused after the restart: {second_use_refused:?}"
+    );
     Ok(())
 }
 

@@ -600,7 +600,8 @@ fn a_node_keeps_its_tickets_in_tessera_data_by_default() {
 /// Durability: a node with a data directory, killed with SIGKILL (no
 /// shutdown code runs) and started again on that directory, serves every
 /// ticket it acknowledged with the same deadline, idle end, uses and version;
-/// deleted and used-up tickets stay dead. A directory others can read is
+/// deleted and used-up tickets stay dead, and one whose deadline passed while
+/// the node was down is gone. A directory others can read is
 /// refused with exit 2.
 #[test]
 fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
@@ -645,11 +646,14 @@ fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
     ok(&["consume", "PT-d-1"]);
     ok(&["put", "TGT-d-gone", "--ttl", "8h"]);
     ok(&["delete", "TGT-d-gone"]);
+    // Dies while the node is down: after its deadline and the skew budget.
+    ok(&["put", "ST-d-expires", "--ttl", "1s"]);
     let before: Vec<Value> = ["TGT-d-1", "ST-d-1", "PT-d-1"]
         .iter()
         .map(|id| json_lines(&ok(&["--json", "get", id])).remove(0))
         .collect();
     drop(node); // SIGKILL
+    std::thread::sleep(Duration::from_millis(2_200));
 
     let node = serve(&args, &env);
     let addr = node.addr.clone();
@@ -670,7 +674,7 @@ fn a_node_killed_and_restarted_on_its_data_dir_keeps_its_tickets() {
             assert_eq!(now.get(field), was.get(field), "{id}: {field} changed");
         }
     }
-    for id in ["ST-d-2", "TGT-d-gone"] {
+    for id in ["ST-d-2", "TGT-d-gone", "ST-d-expires"] {
         let out = tessera(&addr, &["get", id]);
         assert_eq!(code(&out), 1, "{id} came back after the restart: {out:?}");
     }

@@ -86,6 +86,13 @@ pub struct NodeConfig {
     /// world-readable). Required as soon as the node has peers; without it a
     /// single node's API is open.
     pub api_token_file: Option<PathBuf>,
+    /// PEM certificate chain the client API is served with over TLS (with
+    /// `tls_key_file`); re-read when it changes. Unset: plaintext HTTP/2.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA whose signature every client certificate must carry (mTLS).
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Gossip round interval; the failure detector follows it.
     #[serde(deserialize_with = "duration")]
     pub gossip_interval: Duration,
@@ -153,6 +160,9 @@ impl Default for NodeConfig {
             write_quorum: WriteQuorum::Default,
             cluster_secret_file: None,
             api_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             gossip_interval: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(2),
             discovery_interval: Duration::from_secs(10),

@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::auth::AuthStats;
+use crate::api::tls::{ApiTls, TlsFiles};
 use crate::api::{ApiAuth, NodeInfo, TicketApi};
 use crate::clock::{Clock, ClockSync, HlcClock};
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
@@ -68,6 +69,8 @@ pub enum ServerError {
     Membership(String),
     #[error("cannot open the data directory: {0}")]
     Journal(#[from] JournalError),
+    #[error("invalid TLS setting: {0}")]
+    Tls(String),
     #[error("invalid discovery setting: {0}")]
     Discovery(#[from] DiscoveryError),
     /// Discovery could not learn what it needs at start (ECS: the node's own task).
@@ -316,6 +319,13 @@ pub async fn start_with(
             "the client API is open to anyone who can reach {api_addr}: no API token is set (api_token_file or TESSERA_API_TOKEN)"
         );
     }
+    let tls = api_tls(&config)?;
+    if tls.is_none() && api_token.is_some() && !api_addr.ip().is_loopback() {
+        warn!(
+            api = %api_addr,
+            "the API token and every ticket cross the network to {api_addr} in cleartext: serve TLS (tls_cert_file and tls_key_file)"
+        );
+    }
 
     let clock = options.clock.clone().unwrap_or_else(Clock::system);
     let hlc = HlcClock::new(clock.clone(), config.node_id.as_str().into());
@@ -344,6 +354,9 @@ pub async fn start_with(
         worker::spawn(sweeper, &workers),
         worker::spawn(ClockSync::new(clock), &workers),
     ];
+    if let Some(tls) = &tls {
+        worker_tasks.push(worker::spawn(tls.reloader(), &workers));
+    }
     if let Some(journal) = journal {
         worker_tasks.push(worker::spawn(
             Compaction::new(journal, replicator.clone()),
@@ -428,14 +441,24 @@ pub async fn start_with(
             set_health(&health, false).await;
             info!("shutting down: finishing in-flight calls");
         };
-        Server::builder()
+        let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(api)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .inspect_err(|e| warn!(error = %e, "gRPC server stopped"))
+            .add_service(api);
+        match tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(incoming), shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        }
+        .inspect_err(|e| warn!(error = %e, "gRPC server stopped"))
     });
     info!(
         node_id = %config.node_id,
@@ -716,6 +739,26 @@ fn open_journal(
 /// `none` for a node without one.
 fn data_cluster_id(secret: Option<&ClusterSecret>) -> String {
     secret.map_or_else(|| "none".to_owned(), ClusterSecret::gossip_cluster_id)
+}
+
+/// The client API's TLS, when its files are configured.
+fn api_tls(config: &NodeConfig) -> Result<Option<ApiTls>, ServerError> {
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => ApiTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.tls_client_ca_file.clone(),
+        })
+        .map(Some)
+        .map_err(|e| ServerError::Tls(e.to_string())),
+        (None, None) if config.tls_client_ca_file.is_some() => Err(ServerError::Tls(
+            "tls_client_ca_file needs tls_cert_file and tls_key_file".into(),
+        )),
+        (None, None) => Ok(None),
+        _ => Err(ServerError::Tls(
+            "tls_cert_file and tls_key_file go together".into(),
+        )),
+    }
 }
 
 /// Report readiness for the ticket service and for the server as a whole

@@ -14,6 +14,8 @@ pub(crate) struct Address {
     /// `scheme://authority`, e.g. `http://10.0.0.1:7070`.
     pub(crate) text: String,
     pub(crate) endpoint: Endpoint,
+    /// `https://`: TLS (see [`crate::ClientTls`]).
+    pub(crate) tls: bool,
 }
 
 /// Parses one address: `http://host:port`, `https://host:port` or bare `host:port`.
@@ -23,9 +25,8 @@ pub(crate) struct Address {
 /// scheme the port defaults to the scheme's. Paths and queries are rejected: the
 /// gRPC service lives at the root.
 ///
-/// `https://` is recognised but refused, because this build has no TLS support:
-/// silently speaking plaintext to an `https://` address would send bearer tickets
-/// unencrypted to whoever answers.
+/// `https://` is TLS (the node's certificate checked against
+/// [`crate::ClientTls`]); `http://` and bare addresses are plaintext HTTP/2.
 pub(crate) fn parse_address(raw: &str) -> Result<Address, Error> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
@@ -34,20 +35,18 @@ pub(crate) fn parse_address(raw: &str) -> Result<Address, Error> {
     let invalid = |why: &str| Error::InvalidAddress(format!("{trimmed:?}: {why}"));
 
     let bare = !trimmed.contains("://");
-    let with_scheme = if bare {
-        format!("http://{trimmed}")
+    let (scheme, with_scheme) = if bare {
+        ("http", format!("http://{trimmed}"))
     } else {
         let (scheme, rest) = trimmed.split_once("://").unwrap_or((trimmed, ""));
-        let scheme = scheme.to_ascii_lowercase();
-        match scheme.as_str() {
-            "http" => format!("http://{rest}"),
-            "https" => {
+        match scheme.to_ascii_lowercase().as_str() {
+            "http" => ("http", format!("http://{rest}")),
+            "https" => ("https", format!("https://{rest}")),
+            _ => {
                 return Err(invalid(
-                    "https:// needs TLS, which this build of tessera-client does not support; \
-                     use http:// (plaintext HTTP/2)",
+                    "scheme must be http:// or https:// (or leave it out)",
                 ));
             }
-            _ => return Err(invalid("scheme must be http:// (or leave it out)")),
         }
     };
 
@@ -76,8 +75,9 @@ pub(crate) fn parse_address(raw: &str) -> Result<Address, Error> {
         return Err(invalid("must not contain user info"));
     }
     Ok(Address {
-        text: format!("http://{authority}"),
+        text: format!("{scheme}://{authority}"),
         endpoint,
+        tls: scheme == "https",
     })
 }
 
@@ -135,7 +135,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_https_without_tls_support() {
-        assert!(err("https://node:7070").contains("TLS"));
+    fn https_addresses_are_tls() {
+        assert_eq!(ok("https://node:7070"), "https://node:7070");
+        assert_eq!(ok("HTTPS://node:7070/"), "https://node:7070");
+        assert!(parse_address("https://node:7070").unwrap().tls);
+        assert!(!parse_address("node:7070").unwrap().tls);
     }
 }

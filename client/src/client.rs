@@ -51,6 +51,32 @@ pub struct ClientConfig {
     /// whitespace (a trailing newline from a file) is ignored; the rest must be
     /// printable ASCII without spaces.
     pub token: Option<String>,
+    /// How `https://` addresses are trusted (default: the system's roots, no
+    /// client certificate). `http://` addresses ignore it.
+    pub tls: ClientTls,
+}
+
+/// TLS for `https://` node addresses.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM of the CA certificate(s) that sign the nodes' certificates; none:
+    /// the system's trusted roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of this client's certificate chain and private key, for nodes that
+    /// require client certificates (mTLS).
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .field(
+                "identity",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -59,7 +85,34 @@ impl Default for ClientConfig {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             token: None,
+            tls: ClientTls::default(),
         }
+    }
+}
+
+impl ClientConfig {
+    /// A gRPC endpoint for `addr` with this configuration's TLS and connect
+    /// timeout: the one [`Client`] connects through, for other services of a
+    /// node (the CLI's health check uses it for `grpc.health.v1`).
+    pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, Error> {
+        let address = parse_address(addr)?;
+        let endpoint = if address.tls {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match &self.tls.ca_pem {
+                Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &self.tls.identity_pem {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            address
+                .endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidAddress(format!("{}: TLS: {e}", address.text)))?
+        } else {
+            address.endpoint
+        };
+        Ok(endpoint.connect_timeout(self.connect_timeout))
     }
 }
 
@@ -69,6 +122,7 @@ impl fmt::Debug for ClientConfig {
             .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -160,11 +214,10 @@ impl Client {
         let nodes = addresses
             .into_iter()
             .map(|address| {
-                let endpoint = address
-                    .endpoint
+                let endpoint = config
+                    .endpoint(&address.text)?
                     .user_agent(concat!("tessera-client/", env!("CARGO_PKG_VERSION")))
                     .map_err(|e| Error::InvalidAddress(format!("{}: {e}", address.text)))?
-                    .connect_timeout(config.connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)

@@ -41,13 +41,15 @@
 //!
 //! # Connections
 //!
-//! [`Client::connect`] takes one or more node addresses (`host:port` or
-//! `http://host:port`), checks their syntax, and opens one HTTP/2 connection per
-//! node lazily, on first use. A node that is down at start-up is therefore not an
-//! error; calls report it instead. [`Client`] is cheap to clone and
-//! `Send + Sync`: create one and share it. TLS is not supported (the server
-//! speaks plaintext HTTP/2), so `https://` addresses are refused rather than
-//! silently used in plaintext.
+//! [`Client::connect`] takes one or more node addresses (`host:port`,
+//! `http://host:port`, or `https://host:port` for a node serving TLS), checks
+//! their syntax, and opens one HTTP/2 connection per node lazily, on first use.
+//! A node that is down at start-up is therefore not an error; calls report it
+//! instead. [`Client`] is cheap to clone and `Send + Sync`: create one and
+//! share it. `https://` nodes are checked against [`ClientConfig::tls`]
+//! ([`ClientTls`]: a CA certificate, else the system's roots, and a client
+//! certificate for nodes that require one); a node whose certificate does not
+//! check fails the call with [`Error::Unavailable`] naming the reason.
 //!
 //! # Batching
 //!
@@ -143,7 +145,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, ClientTls};
 pub use error::Error;
 pub use stream::TicketStream;
 /// A node's counters, as [`Client::stats`] returns them (the wire message itself:

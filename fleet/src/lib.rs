@@ -244,6 +244,7 @@ impl Fleet {
             call_timeout,
             connect_timeout: Duration::from_secs(1),
             token: Some(self.token.clone()),
+            ..ClientConfig::default()
         };
         let addrs: Vec<String> = nodes.iter().map(|n| self.api_addr(*n)).collect();
         Ok(Client::connect_with(&addrs, config).await?)

@@ -10,6 +10,7 @@
 pub mod auth;
 mod convert;
 mod status;
+pub mod tls;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use tessera_client::{
-    Client, ClientConfig, Error, ListFilter, NewTicket, NodeStats, Ticket, TicketUpdate,
+    Client, ClientConfig, ClientTls, Error, ListFilter, NewTicket, NodeStats, Ticket, TicketUpdate,
 };
 
 use super::output::{
@@ -80,10 +80,33 @@ fn api_token(global: &GlobalArgs) -> Result<Option<ApiToken>, Failure> {
     }
 }
 
+/// The TLS settings of the client flags: the files read now, so a missing one
+/// is a clear error before any call.
+fn client_tls(global: &GlobalArgs) -> Result<ClientTls, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Failure::invalid(format!("invalid setting {flag}: {}: {e}", path.display()))
+        })
+    };
+    let ca_pem = match &global.ca_file {
+        Some(path) => Some(read("--ca-file", path)?),
+        None => None,
+    };
+    let identity_pem = match (&global.cert_file, &global.key_file) {
+        (Some(cert), Some(key)) => Some((read("--cert-file", cert)?, read("--key-file", key)?)),
+        _ => None,
+    };
+    Ok(ClientTls {
+        ca_pem,
+        identity_pem,
+    })
+}
+
 async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
     let config = ClientConfig {
         call_timeout: global.timeout,
         token: api_token(global)?.map(|t| t.expose().to_owned()),
+        tls: client_tls(global)?,
         ..ClientConfig::default()
     };
     let client = Client::connect_with(&global.addr, config).await?;
@@ -194,19 +217,25 @@ pub async fn health(global: &GlobalArgs) -> Exit {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
+    let config = match client_tls(global) {
+        Ok(tls) => ClientConfig {
+            connect_timeout: global.timeout,
+            tls,
+            ..ClientConfig::default()
+        },
+        Err(failure) => {
+            eprintln!("tessera: {}", failure.message);
+            return failure.exit;
+        }
+    };
     let mut worst = Exit::Ok;
     for addr in &global.addr {
-        let url = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
         let status = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(url)
-                .map_err(|e| format!("invalid address: {e}"))?
-                .connect_timeout(global.timeout)
+            let endpoint = config
+                .endpoint(addr)
+                .map_err(|e| e.to_string())?
                 .timeout(global.timeout);
-            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
             let response = HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
                 .await
@@ -226,6 +255,19 @@ pub async fn health(global: &GlobalArgs) -> Exit {
         worst = worst.max(exit);
     }
     worst
+}
+
+/// An error and its sources on one line: a TLS failure is named only deep
+/// in the chain (e.g. "invalid peer certificate: UnknownIssuer").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn new_ticket(args: PutArgs) -> Result<NewTicket, Failure> {

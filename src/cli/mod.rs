@@ -75,6 +75,28 @@ pub struct GlobalArgs {
     /// a flag: argv is visible to every user). A missing or wrong token exits 2.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the nodes' certificates, for https://
+    /// addresses [default: the system's trusted roots].
+    #[arg(long, global = true, env = "TESSERA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this client's certificate, for nodes that require one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_CERT_FILE",
+        value_name = "FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of this client's private key (with --cert-file).
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_KEY_FILE",
+        value_name = "FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

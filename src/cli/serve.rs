@@ -103,6 +103,16 @@ pub struct ServeArgs {
     /// single node's API is open to whoever reaches --listen.
     #[arg(long, env = "TESSERA_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Serve the client API over TLS with this PEM certificate chain (and
+    /// --tls-key-file); re-read within 10 s when the file changes.
+    #[arg(long, env = "TESSERA_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file (not world-readable).
+    #[arg(long, env = "TESSERA_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mTLS).
+    #[arg(long, env = "TESSERA_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Gossip interval; the failure detector follows it [default: 500ms].
     #[arg(long, env = "TESSERA_GOSSIP_INTERVAL", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
@@ -194,6 +204,13 @@ impl ServeArgs {
         }
         if self.api_token_file.is_some() {
             config.api_token_file = self.api_token_file.clone();
+        }
+        if self.tls_cert_file.is_some() {
+            config.tls_cert_file = self.tls_cert_file.clone();
+            config.tls_key_file = self.tls_key_file.clone();
+        }
+        if self.tls_client_ca_file.is_some() {
+            config.tls_client_ca_file = self.tls_client_ca_file.clone();
         }
         if let Some(interval) = self.gossip_interval {
             config.gossip_interval = interval;
@@ -289,7 +306,8 @@ pub async fn run(args: ServeArgs, config: Result<NodeConfig, ConfigError>) -> Ex
                 | ServerError::ApiTokenMissing
                 | ServerError::ApiTokenIsClusterSecret
                 | ServerError::Discovery(_)
-                | ServerError::Journal(_) => Exit::InvalidInput,
+                | ServerError::Journal(_)
+                | ServerError::Tls(_) => Exit::InvalidInput,
                 _ => Exit::Failed,
             };
         }

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tessera_client::{Client, ClientConfig};
+use tessera_client::{Client, ClientConfig, ClientTls};
 
 /// Image of a node, built by `scripts/fleet image`.
 pub const NODE_IMAGE: &str = "tessera:dev";
@@ -40,6 +40,8 @@ pub struct Fleet {
     /// Extra compose files (e.g. one node's environment for a scenario).
     overrides: Vec<PathBuf>,
     token: String,
+    /// PEM of the CA that signed the nodes' API certificate.
+    ca_pem: String,
 }
 
 fn repo_root() -> PathBuf {
@@ -104,6 +106,42 @@ pub fn require_images() -> anyhow::Result<()> {
 
 /// A secret of 48 random bytes, base64 (printable, so it also serves as an
 /// API token).
+/// The API certificate of a scenario's fleet (one for every node: its names
+/// and addresses, and 127.0.0.1 for the host's published ports and the
+/// containers' own health checks), signed by a CA made for the scenario.
+struct FleetTls {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl FleetTls {
+    fn new(subnet_octet: u8) -> anyhow::Result<FleetTls> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut names = vec![
+            "localhost".to_owned(),
+            "tessera".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        for node in 1..=4u8 {
+            names.push(format!("node{node}"));
+            names.push(format!("10.213.{subnet_octet}.{}", 10 + node));
+        }
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+        Ok(FleetTls {
+            ca_pem,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 fn random_secret() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 48];
@@ -137,9 +175,13 @@ impl Fleet {
         let secrets = dir.join("secrets");
         std::fs::create_dir_all(&secrets)?;
         let token = random_secret();
+        let tls = FleetTls::new(subnet_octet)?;
         for (name, value) in [
             ("cluster_secret", random_secret()),
             ("api_token", token.clone()),
+            ("tls_cert", tls.cert_pem),
+            ("tls_key", tls.key_pem),
+            ("tls_ca", tls.ca_pem.clone()),
         ] {
             let path = secrets.join(name);
             let _ = std::fs::remove_file(&path);
@@ -182,6 +224,7 @@ impl Fleet {
             data,
             overrides,
             token,
+            ca_pem: tls.ca_pem,
         };
         // Leftovers of an earlier run that was killed before it cleaned up.
         let _ = fleet.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "1"]);
@@ -226,7 +269,7 @@ impl Fleet {
 
     /// The API address of a node as the host reaches it.
     pub fn api_addr(&self, node: u8) -> String {
-        format!("http://127.0.0.1:{}", self.port(node))
+        format!("https://127.0.0.1:{}", self.port(node))
     }
 
     /// The node's address on the fleet network.
@@ -238,13 +281,21 @@ impl Fleet {
         format!("{}_fleet", self.project)
     }
 
+    /// How a client trusts the nodes' API certificate.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: Some(self.ca_pem.clone().into_bytes()),
+            identity_pem: None,
+        }
+    }
+
     /// A client over these nodes, in this order (it fails over in order).
     pub async fn client(&self, nodes: &[u8], call_timeout: Duration) -> anyhow::Result<Client> {
         let config = ClientConfig {
             call_timeout,
             connect_timeout: Duration::from_secs(1),
             token: Some(self.token.clone()),
-            ..ClientConfig::default()
+            tls: self.client_tls(),
         };
         let addrs: Vec<String> = nodes.iter().map(|n| self.api_addr(*n)).collect();
         Ok(Client::connect_with(&addrs, config).await?)

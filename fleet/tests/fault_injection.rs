@@ -374,6 +374,7 @@ async fn garbage_to_every_port_changes_nothing_scenario() -> anyhow::Result<()> 
     // A wrong token on the API, too.
     let wrong = tessera_client::ClientConfig {
         token: Some("x".repeat(48)),
+        tls: fleet.client_tls(),
         ..Default::default()
     };
     let intruder = Client::connect_with([fleet.api_addr(1)], wrong).await?;

@@ -83,7 +83,7 @@ impl TestCluster {
         let mut cluster = TestCluster::new(size, config);
         cluster.data = Some(tempfile::tempdir().unwrap());
         for n in 0..size {
-            cluster.open_data_dir(n);
+            cluster.open_data_dir(n).unwrap();
             // A first start, as in `with_clocks`, now kept in the directory.
             cluster.nodes[n].remember_votes_since(0);
         }
@@ -92,25 +92,43 @@ impl TestCluster {
 
     /// Open node `n`'s data directory, if the cluster keeps them, and take
     /// back what it holds, as `tessera serve` does at start.
-    fn open_data_dir(&self, n: usize) {
-        let Some(root) = &self.data else { return };
+    fn open_data_dir(&self, n: usize) -> Result<(), crate::journal::JournalError> {
+        let Some(root) = &self.data else {
+            return Ok(());
+        };
         let dir = root.path().join(format!("node-{n}"));
-        let (journal, replayed) =
-            crate::journal::Journal::open(&dir, crate::journal::SyncPolicy::Always, "tessera-test")
-                .unwrap();
+        let (journal, replayed) = crate::journal::Journal::open(
+            &dir,
+            crate::journal::SyncPolicy::Always,
+            "tessera-test",
+        )?;
         self.nodes[n]
             .attach_journal(Arc::new(journal), replayed)
             .unwrap();
+        Ok(())
     }
 
     /// Node `n` dies (kill -9: everything in memory is gone) and starts again
     /// with the same id, on its data directory if it has one, else with an
     /// empty store. Its view is empty until set.
-    fn restart(&mut self, n: usize) {
+    async fn restart(&mut self, n: usize) {
         self.hub.leave(&self.id(n));
         let now = EPOCH + self.started.elapsed().as_millis() as Millis;
         self.nodes[n] = start_node(&self.hub, n, &self.config, now, self.offsets_ms[n]);
-        self.open_data_dir(n);
+        // A task of the previous run (a background push) may still hold its
+        // journal, and so the directory's lock, for a moment: the process
+        // has not quite exited yet.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.open_data_dir(n) {
+                Err(crate::journal::JournalError::InUse { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                opened => break opened.unwrap(),
+            }
+        }
     }
 
     fn id(&self, n: usize) -> NodeId {
@@ -735,7 +753,7 @@ async fn a_restarted_voter_never_helps_spend_a_use_twice() {
     cluster.nodes[0].consume(&id).await.unwrap();
     // Node 1 voted for that use; it is killed and starts again, catching up
     // from node 0 (which holds the tombstone).
-    cluster.restart(1);
+    cluster.restart(1).await;
     cluster.set_views(&[0, 1]);
     cluster.nodes[1].sync_with(&cluster.id(0)).await.unwrap();
     cluster.heal();
@@ -763,7 +781,7 @@ async fn a_restarted_proposer_with_a_stale_copy_never_spends_a_use_twice() {
     cluster.nodes[0].consume(&id).await.unwrap();
     cluster.nodes[0].consume(&id).await.unwrap();
     // Node 0 restarts and catches up from node 2, which missed both uses.
-    cluster.restart(0);
+    cluster.restart(0).await;
     cluster.hub.heal_all();
     cluster.hub.cut(&cluster.id(0), &cluster.id(1));
     cluster.set_views(&[0, 2]);
@@ -1152,7 +1170,7 @@ async fn a_put_the_peers_tombstone_kills_is_not_acknowledged() {
     cluster.nodes[0].put(put("TGT-dead", 60_000)).await.unwrap();
     cluster.nodes[0].delete("TGT-dead").await.unwrap();
     cluster.converge().await;
-    cluster.restart(2);
+    cluster.restart(2).await;
     cluster.set_views(&[0, 1, 2]);
     let again = cluster.nodes[2].put(put("TGT-dead", 60_000)).await;
     cluster.converge().await;
@@ -1176,7 +1194,7 @@ async fn a_restarted_node_decides_nothing_before_its_stamps_are_fresh() {
     let id = id_ruled_by(&cluster, 1, 0, "ST-fresh");
     cluster.nodes[1].put(single_use(&id)).await.unwrap();
     cluster.converge().await;
-    cluster.restart(0);
+    cluster.restart(0).await;
     cluster.set_views(&[0, 1, 2]);
     // Node 1 still takes node 0 for the arbiter: node 0 refuses before any
     // work, and node 1 decides itself, as for an unreachable arbiter.
@@ -1220,7 +1238,7 @@ async fn a_cluster_restarted_on_its_data_dirs_still_decides_older_tickets() {
     cluster.converge().await;
     cluster.nodes[0].consume(id).await.unwrap();
     for n in 0..3 {
-        cluster.restart(n);
+        cluster.restart(n).await;
     }
     cluster.set_views(&[0, 1, 2]);
     cluster.converge().await;
@@ -1261,7 +1279,7 @@ async fn a_vote_outlives_a_restart_on_the_data_dir() {
                 .await
                 .unwrap();
         }
-        cluster.restart(1);
+        cluster.restart(1).await;
         cluster.set_views(&[0, 1, 2]);
         cluster.converge().await;
         tokio::time::sleep(3 * SHORT_BUDGET).await;

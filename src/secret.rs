@@ -53,7 +53,7 @@ fn trimmed<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], SecretEr
 }
 
 /// The contents of a secret file, refused when other users can read it.
-fn read_private_file(what: &'static str, path: &Path) -> Result<Vec<u8>, SecretError> {
+pub(crate) fn read_private_file(what: &'static str, path: &Path) -> Result<Vec<u8>, SecretError> {
     let shown = path.display().to_string();
     #[cfg(unix)]
     {

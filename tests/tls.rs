@@ -264,6 +264,8 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
 
 #[test]
 fn bad_tls_files_stop_the_node_at_start_with_exit_2() {
+    // A key that does not go with the certificate, a missing certificate, a
+    // key others can read.
     let pki = Pki::new();
     let other = Pki::new();
     let out = Command::new(BIN)
@@ -289,4 +291,22 @@ fn bad_tls_files_stop_the_node_at_start_with_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.pem"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = pki.path("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = Command::new(BIN)
+            .env("TESSERA_DATA_DIR", "none")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--tls-cert-file")
+            .arg(pki.path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("readable by other users"), "{stderr}");
+    }
 }

@@ -250,7 +250,9 @@ fn load_pair(
 ) -> Result<(CertifiedKey, FileStamp), TlsError> {
     let stamp = file_stamp(files);
     let chain = certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?)
+    let key_pem =
+        crate::secret::read_private_file("TLS key", &files.key).map_err(|e| bad(&files.key, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| bad(&files.key, format!("not a PEM private key: {e}")))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         bad(

@@ -93,6 +93,9 @@ pub struct NodeConfig {
     pub tls_key_file: Option<PathBuf>,
     /// PEM CA whose signature every client certificate must carry (mTLS).
     pub tls_client_ca_file: Option<PathBuf>,
+    /// HTTP address of `/metrics` (Prometheus), `/healthz` and `/readyz`.
+    /// Unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Gossip round interval; the failure detector follows it.
     #[serde(deserialize_with = "duration")]
     pub gossip_interval: Duration,
@@ -163,6 +166,7 @@ impl Default for NodeConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            metrics_listen: None,
             gossip_interval: Duration::from_millis(500),
             anti_entropy_interval: Duration::from_secs(2),
             discovery_interval: Duration::from_secs(10),

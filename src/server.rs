@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tessera_proto::v1::ticket_store_server::TicketStoreServer;
@@ -392,7 +392,16 @@ pub async fn start_with(
         ready: AtomicBool::new(cluster.is_none()),
         peer_net: cluster.as_ref().map(|c| c.peer_net.clone()),
         auth_stats: auth_stats.clone(),
+        batches: AtomicU64::new(0),
+        batched_calls: AtomicU64::new(0),
     });
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::api::metrics::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        info!(metrics = %addr, "metrics and health over HTTP: /metrics, /healthz, /readyz");
+        followers.push(crate::api::metrics::serve(listener, node.clone()));
+    }
 
     let max_message = config.max_payload_bytes + MESSAGE_OVERHEAD;
     // The token check wraps the ticket service alone: health and reflection stay open.

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod convert;
+pub mod metrics;
 mod status;
 pub mod tls;
 
@@ -63,26 +64,56 @@ pub struct NodeInfo {
     pub peer_net: Option<Arc<PeerNet>>,
     /// Refusals of the API token check, for [`TicketStore::stats`].
     pub auth_stats: Arc<AuthStats>,
+    /// `Batch` RPCs answered and the calls they carried.
+    pub batches: AtomicU64,
+    pub batched_calls: AtomicU64,
+}
+
+impl NodeInfo {
+    /// The node's counters and state, as `tessera stats` and `/metrics` show them.
+    pub fn stats(&self) -> NodeStats {
+        let replication = &self.replicator.stats;
+        let peer = self
+            .peer_net
+            .as_deref()
+            .map(PeerNet::stats)
+            .unwrap_or_default();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        NodeStats {
+            node_id: self.node_id.clone(),
+            ready: self.ready.load(Ordering::Acquire),
+            draining: self.draining.load(Ordering::Acquire),
+            clock_fenced: self.replicator.clock_fenced(),
+            clock_fences: load(&replication.clock_fences),
+            tickets: self.replicator.store().count().total,
+            api_rejections: self.auth_stats.rejections(),
+            peer_handshakes_ok: peer.handshakes_ok,
+            peer_handshakes_rejected: peer.handshakes_rejected,
+            peer_frames_rejected: peer.frames_rejected,
+            peer_connections_open: peer.connections_open,
+            peer_calls_failed: peer.calls_failed,
+            pushes_failed: load(&replication.pushes_failed),
+            read_repairs: load(&replication.read_repairs),
+            decisions_forwarded: load(&replication.decisions_forwarded),
+            clock_skew_reports: load(&replication.clock_skew_reports),
+            bad_records: load(&replication.bad_records),
+            batches: load(&self.batches),
+            batched_calls: load(&self.batched_calls),
+            idle_deaths_unconfirmed: load(&replication.idle_deaths_unconfirmed),
+        }
+    }
 }
 
 /// The gRPC service.
 pub struct TicketApi {
     node: Arc<NodeInfo>,
     store: Arc<Store>,
-    /// `Batch` RPCs answered and the calls they carried.
-    batches: AtomicU64,
-    batched_calls: AtomicU64,
 }
 
 impl TicketApi {
     pub fn new(node: Arc<NodeInfo>) -> TicketApi {
         let store = node.replicator.store().clone();
-        TicketApi {
-            node,
-            store,
-            batches: AtomicU64::new(0),
-            batched_calls: AtomicU64::new(0),
-        }
+        TicketApi { node, store }
     }
 
     /// The replicator, for a call that may change or read tickets through
@@ -218,8 +249,9 @@ impl TicketStore for TicketApi {
                 calls.len()
             )));
         }
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batched_calls
+        self.node.batches.fetch_add(1, Ordering::Relaxed);
+        self.node
+            .batched_calls
             .fetch_add(calls.len() as u64, Ordering::Relaxed);
         let outcomes = join_all(calls.into_iter().map(|c| self.batch_call(c.call))).await;
         Ok(Response::new(BatchResponse {
@@ -358,35 +390,6 @@ impl TicketStore for TicketApi {
     }
 
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<NodeStats>, Status> {
-        let node = &self.node;
-        let replication = &node.replicator.stats;
-        let peer = node
-            .peer_net
-            .as_deref()
-            .map(PeerNet::stats)
-            .unwrap_or_default();
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Ok(Response::new(NodeStats {
-            node_id: node.node_id.clone(),
-            ready: node.ready.load(Ordering::Acquire),
-            draining: node.draining.load(Ordering::Acquire),
-            clock_fenced: node.replicator.clock_fenced(),
-            clock_fences: load(&replication.clock_fences),
-            tickets: self.store.count().total,
-            api_rejections: node.auth_stats.rejections(),
-            peer_handshakes_ok: peer.handshakes_ok,
-            peer_handshakes_rejected: peer.handshakes_rejected,
-            peer_frames_rejected: peer.frames_rejected,
-            peer_connections_open: peer.connections_open,
-            peer_calls_failed: peer.calls_failed,
-            pushes_failed: load(&replication.pushes_failed),
-            read_repairs: load(&replication.read_repairs),
-            decisions_forwarded: load(&replication.decisions_forwarded),
-            clock_skew_reports: load(&replication.clock_skew_reports),
-            bad_records: load(&replication.bad_records),
-            batches: load(&self.batches),
-            batched_calls: load(&self.batched_calls),
-            idle_deaths_unconfirmed: load(&replication.idle_deaths_unconfirmed),
-        }))
+        Ok(Response::new(self.node.stats()))
     }
 }

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Require client certificates signed by this PEM CA (mTLS).
     #[arg(long, env = "TESSERA_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP here, e.g.
+    /// 0.0.0.0:9100 [default: not served].
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Gossip interval; the failure detector follows it [default: 500ms].
     #[arg(long, env = "TESSERA_GOSSIP_INTERVAL", value_parser = parse_duration)]
     pub gossip_interval: Option<Duration>,
@@ -211,6 +215,9 @@ impl ServeArgs {
         }
         if self.tls_client_ca_file.is_some() {
             config.tls_client_ca_file = self.tls_client_ca_file.clone();
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
         }
         if let Some(interval) = self.gossip_interval {
             config.gossip_interval = interval;

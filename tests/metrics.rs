@@ -75,3 +75,40 @@ async fn metrics_follow_the_node_and_health_answers_over_http() {
     assert!(body.lines().any(|l| l == "tessera_tickets 2"), "{body}");
     common::stop(node).await;
 }
+
+/// A node configured for peers that are not there has not caught up: its
+/// `/readyz` says 503 while `/healthz` says the process answers.
+#[tokio::test]
+async fn readyz_is_503_until_the_node_is_ready() {
+    use tessera::config::DiscoveryMode;
+    use tessera::secret::{ApiToken, ClusterSecret};
+    use tessera::server::{self, NodeOptions};
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let config = NodeConfig {
+        metrics_listen: Some(addr),
+        discovery: Some(DiscoveryMode::Static),
+        seeds: vec!["127.0.0.1:9".into()],
+        expected_size: Some(3),
+        gossip_listen: Some("127.0.0.1:0".parse().unwrap()),
+        peer_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..common::config()
+    };
+    let node = server::start_with(
+        config,
+        NodeOptions {
+            secret: Some(ClusterSecret::new(b"metrics-test-cluster-secret-0123456789").unwrap()),
+            api_token: Some(ApiToken::new(b"metrics-test-api-token-0123456789abcdef").unwrap()),
+            ..NodeOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(metrics.lines().any(|l| l == "tessera_ready 0"), "{metrics}");
+    common::stop(node).await;
+}

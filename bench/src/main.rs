@@ -1,6 +1,6 @@
 //! `tessera-bench`: load generator for Tessera, side by side with Redis.
 //!
-//! See the README's Benchmarks section and `scripts/bench`.
+//! See docs/benchmarks.md and `scripts/bench`.
 
 mod cluster;
 mod load;

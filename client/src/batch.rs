@@ -37,7 +37,7 @@ use crate::client::authorized;
 /// served while the next fills); more only make batches smaller, and each
 /// batch costs the node a stream, a decode and an encode. On the bench's
 /// `cas` workload (one node, 64 callers) 2 gave 1.26x the throughput of 4 at
-/// less CPU; 1 was slower than both (README, Benchmarks).
+/// less CPU; 1 was slower than both (docs/benchmarks.md).
 const MAX_IN_FLIGHT: usize = 2;
 /// Most calls in one batch (the server takes up to 1024).
 const MAX_CALLS: usize = 256;

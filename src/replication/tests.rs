@@ -1127,7 +1127,7 @@ async fn a_reput_on_the_minority_never_outlives_the_delete() {
 
 /// Review #5, with the CAS flow in mind: for up to one push after a delete
 /// returns, a node the push has not reached still serves the TGT (the window
-/// the README states), but a service ticket issued under it there is never
+/// docs/guarantees.md states), but a service ticket issued under it there is never
 /// acknowledged: the peers' tombstones kill it in the merge, so a deleted TGT
 /// never validates a new ST.
 #[tokio::test]

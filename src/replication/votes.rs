@@ -296,7 +296,7 @@ impl VoteBook {
     /// Drop votes whose ticket can no longer come back, a few per vote: the
     /// book's lock is on every consume's path. Forgetting 1,000 at a time held
     /// it for ~1 ms per call, and after a lull (no votes while many came due)
-    /// consecutive calls held every consume for up to 17 ms (bench, README).
+    /// consecutive calls held every consume for up to 17 ms (bench, docs/benchmarks.md).
     /// A few per vote still outpace the votes coming due (each vote comes due
     /// once), so a backlog drains in the traffic that follows it.
     fn forget_until(&mut self, now_ms: Millis) {

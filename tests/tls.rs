@@ -262,33 +262,30 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     common::stop(node).await;
 }
 
+/// `tessera serve` with these TLS files, as far as it gets.
+fn serve_with(cert: &Path, key: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .env("TESSERA_DATA_DIR", "none")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert-file")
+        .arg(cert)
+        .arg("--tls-key-file")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_tls_files_stop_the_node_at_start_with_exit_2() {
     // A key that does not go with the certificate, a missing certificate, a
     // key others can read.
     let pki = Pki::new();
     let other = Pki::new();
-    let out = Command::new(BIN)
-        .env("TESSERA_DATA_DIR", "none")
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--tls-cert-file")
-        .arg(pki.path("server.pem"))
-        .arg("--tls-key-file")
-        .arg(other.path("server.key"))
-        .output()
-        .unwrap();
+    let out = serve_with(&pki.path("server.pem"), &other.path("server.key"));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not go with"), "{stderr}");
-    let out = Command::new(BIN)
-        .env("TESSERA_DATA_DIR", "none")
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--tls-cert-file")
-        .arg(pki.path("missing.pem"))
-        .arg("--tls-key-file")
-        .arg(pki.path("server.key"))
-        .output()
-        .unwrap();
+    let out = serve_with(&pki.path("missing.pem"), &pki.path("server.key"));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.pem"));
     #[cfg(unix)]
@@ -296,15 +293,7 @@ fn bad_tls_files_stop_the_node_at_start_with_exit_2() {
         use std::os::unix::fs::PermissionsExt;
         let key = pki.path("server.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let out = Command::new(BIN)
-            .env("TESSERA_DATA_DIR", "none")
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .arg("--tls-cert-file")
-            .arg(pki.path("server.pem"))
-            .arg("--tls-key-file")
-            .arg(&key)
-            .output()
-            .unwrap();
+        let out = serve_with(&pki.path("server.pem"), &key);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("readable by other users"), "{stderr}");

@@ -46,8 +46,8 @@ use tracing::{info, warn};
 
 use crate::config::MAX_PAYLOAD_LIMIT;
 use crate::entry::Entry;
-use crate::replication::Replicator;
 use crate::replication::wire::{from_record, to_record};
+use crate::replication::{Replicator, votes};
 use crate::store::digest::BUCKETS;
 use crate::worker::{Worker, WorkerState};
 
@@ -192,8 +192,8 @@ pub struct Journal {
 pub struct Replayed {
     /// Every entry read back, checked as a peer's would be, in order.
     pub entries: Vec<(Arc<str>, Entry)>,
-    /// Every slot's votes read back, in order (decoded by the vote book).
-    pub votes: Vec<SlotVotes>,
+    /// Every slot's votes read back, checked, in order.
+    pub votes: Vec<votes::RestoredVotes>,
     /// A torn record cut off the end of the last segment (a crash mid-write).
     pub cut_bytes: u64,
 }
@@ -589,7 +589,11 @@ fn read_records(path: &Path, last: bool, out: &mut Replayed) -> Result<(), Journ
                     from_record(record).map_err(|e| corrupt(offset, e.to_string()))?;
                 out.entries.push((id.into(), entry));
             }
-            Some(journal_record::Record::Votes(votes)) => out.votes.push(votes),
+            Some(journal_record::Record::Votes(record)) => {
+                let restored =
+                    votes::from_record(record).map_err(|e| corrupt(offset, e.to_string()))?;
+                out.votes.push(restored);
+            }
             // A kind of record of a newer version, within this format: it
             // is one an older reader may skip (the format rule).
             None => {}
@@ -1082,9 +1086,13 @@ mod tests {
         }
         let (_, replayed) = Journal::open(&data, SyncPolicy::No, CLUSTER).unwrap();
         assert_eq!(ids(&replayed), ["a"]);
+        let decoded = |record| votes::from_record(record).unwrap();
         assert_eq!(
             replayed.votes,
-            [slot_votes("use:1", 0), slot_votes("use:1", 2)]
+            [
+                decoded(slot_votes("use:1", 0)),
+                decoded(slot_votes("use:1", 2))
+            ]
         );
     }
 

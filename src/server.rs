@@ -722,15 +722,7 @@ fn open_journal(
     let votes = replayed.votes.len();
     let cut_bytes = replayed.cut_bytes;
     let journal = Arc::new(journal);
-    replicator
-        .attach_journal(journal.clone(), replayed)
-        .map_err(|e| {
-            ServerError::Journal(JournalError::Corrupt {
-                path: dir.display().to_string(),
-                offset: 0,
-                why: format!("a vote record: {e}"),
-            })
-        })?;
+    replicator.attach_journal(journal.clone(), replayed);
     info!(
         dir = %std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()).display(),
         records = read,

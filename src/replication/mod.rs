@@ -17,7 +17,7 @@
 //!   so that its expiry decisions, wrong by its skew, never reach the others.
 
 pub mod anti_entropy;
-mod votes;
+pub(crate) mod votes;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -301,20 +301,15 @@ impl Replicator {
     /// records are, past-retention ones dropped on the way; votes into the
     /// book) and keep every write this node merges, and every vote it casts,
     /// in it before acknowledging it (see [`votes`]).
-    pub fn attach_journal(
-        &self,
-        journal: SharedJournal,
-        replayed: Replayed,
-    ) -> Result<(), wire::WireError> {
+    pub fn attach_journal(&self, journal: SharedJournal, replayed: Replayed) {
         self.store.apply_many(replayed.entries);
         {
             let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-            for record in replayed.votes {
-                book.restore(record)?;
+            for restored in replayed.votes {
+                book.restore(restored);
             }
         }
         let _ = self.journal.set(journal);
-        Ok(())
     }
 
     /// Every slot's votes, for a snapshot of the journal.

@@ -102,9 +102,7 @@ impl TestCluster {
             crate::journal::SyncPolicy::Always,
             "tessera-test",
         )?;
-        self.nodes[n]
-            .attach_journal(Arc::new(journal), replayed)
-            .unwrap();
+        self.nodes[n].attach_journal(Arc::new(journal), replayed);
         Ok(())
     }
 

@@ -269,8 +269,7 @@ impl VoteBook {
     /// promise only rises; an accepted ballot only rises, and one ballot has
     /// one value), so the highest of each wins, in whatever order the
     /// records come.
-    pub fn restore(&mut self, record: VoteRecord) -> Result<(), WireError> {
-        let (slot, votes, forget_at) = from_record(record)?;
+    pub fn restore(&mut self, (slot, votes, forget_at): RestoredVotes) {
         match self.votes.get_mut(&slot) {
             Some((held, _)) => {
                 if votes.promised > held.promised {
@@ -290,7 +289,6 @@ impl VoteBook {
                 self.votes.insert(slot, (votes, forget_at));
             }
         }
-        Ok(())
     }
 
     /// Drop votes whose ticket can no longer come back, a few per vote: the
@@ -350,7 +348,13 @@ fn to_record(slot: &SlotKey, votes: &SlotVotes, forget_at_ms: Millis) -> VoteRec
     }
 }
 
-fn from_record(record: VoteRecord) -> Result<(SlotKey, SlotVotes, Millis), WireError> {
+/// A slot's votes read back from the log: the slot, its votes, and when they
+/// may be forgotten.
+pub type RestoredVotes = (SlotKey, SlotVotes, Millis);
+
+/// A vote record of the log, checked (the journal calls this where it knows
+/// the record's file and offset).
+pub fn from_record(record: VoteRecord) -> Result<RestoredVotes, WireError> {
     let incarnation = match record.incarnation {
         Some(stamp) => Some(stamp_from_wire(Some(stamp), "incarnation")?),
         None => None,

@@ -319,10 +319,15 @@ impl Journal {
         for record in votes {
             frame(Record::Votes(record), &mut framed);
         }
+        self.hand_to_syncer(framed)
+    }
+
+    /// Queue `framed` for the syncer thread's next group. If the syncer is
+    /// gone, `done` is dropped with the message and the wait reports
+    /// [`JournalError::Stopped`].
+    fn hand_to_syncer(&self, framed: Vec<u8>) -> Durable {
         let (done, synced) = oneshot::channel();
-        if self.commits.send((framed, done)).is_err() {
-            // The syncer is gone: the receiver reports it stopped.
-        }
+        let _ = self.commits.send((framed, done));
         Durable(Some(synced))
     }
 
@@ -352,11 +357,7 @@ impl Journal {
             segment.dirty = true;
             return Ok(());
         }
-        let (done, synced) = oneshot::channel();
-        self.commits
-            .send((framed, done))
-            .map_err(|_| JournalError::Stopped)?;
-        Durable(Some(synced)).wait().await
+        self.hand_to_syncer(framed).wait().await
     }
 
     /// Open the next segment and return its sequence number: a snapshot
@@ -382,13 +383,7 @@ impl Journal {
     ) -> Result<u64, JournalError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(seq)));
         let path = self.dir.join(snapshot_name(seq));
-        let file = private_file()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_error(&tmp))?;
-        let mut out = io::BufWriter::new(file);
+        let mut out = io::BufWriter::new(create_private(&tmp)?);
         let mut buf = Vec::new();
         let mut failed = None;
         let mut count = 0u64;
@@ -713,12 +708,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), JournalError> {
         "# Tessera data directory: written by Tessera, do not edit.\n{}",
         toml::to_string(meta).expect("the meta fields serialise")
     );
-    let mut file = private_file()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
+    let mut file = create_private(&tmp)?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io_error(&tmp))?;
@@ -760,6 +750,16 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))
+}
+
+/// Create (or empty) `path`, readable by its owner only.
+fn create_private(path: &Path) -> Result<File, JournalError> {
+    private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_error(path))
 }
 
 /// Options for a file of the data directory: readable by its owner only.

@@ -20,7 +20,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::auth::AuthStats;
-use crate::api::tls::{ApiTls, TlsFiles};
+use crate::api::tls::{ApiTls, TlsError, TlsFiles};
 use crate::api::{ApiAuth, NodeInfo, TicketApi};
 use crate::clock::{Clock, ClockSync, HlcClock};
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
@@ -70,7 +70,7 @@ pub enum ServerError {
     #[error("cannot open the data directory: {0}")]
     Journal(#[from] JournalError),
     #[error("invalid TLS setting: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
     #[error("invalid discovery setting: {0}")]
     Discovery(#[from] DiscoveryError),
     /// Discovery could not learn what it needs at start (ECS: the node's own task).
@@ -396,7 +396,7 @@ pub async fn start_with(
         batched_calls: AtomicU64::new(0),
     });
     if let Some(addr) = config.metrics_listen {
-        let listener = crate::api::metrics::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         info!(metrics = %addr, "metrics and health over HTTP: /metrics, /healthz, /readyz");
@@ -751,14 +751,12 @@ fn api_tls(config: &NodeConfig) -> Result<Option<ApiTls>, ServerError> {
             client_ca: config.tls_client_ca_file.clone(),
         })
         .map(Some)
-        .map_err(|e| ServerError::Tls(e.to_string())),
-        (None, None) if config.tls_client_ca_file.is_some() => Err(ServerError::Tls(
-            "tls_client_ca_file needs tls_cert_file and tls_key_file".into(),
-        )),
+        .map_err(ServerError::from),
+        (None, None) if config.tls_client_ca_file.is_some() => {
+            Err(TlsError::Setting("tls_client_ca_file needs tls_cert_file and tls_key_file").into())
+        }
         (None, None) => Ok(None),
-        _ => Err(ServerError::Tls(
-            "tls_cert_file and tls_key_file go together".into(),
-        )),
+        _ => Err(TlsError::Setting("tls_cert_file and tls_key_file go together").into()),
     }
 }
 

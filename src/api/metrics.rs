@@ -5,7 +5,6 @@
 //! 200, else 503) for load balancers and orchestrators that speak HTTP only.
 //! It serves no ticket and takes no token.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -44,11 +43,6 @@ pub fn serve(listener: TcpListener, node: Arc<NodeInfo>) -> JoinHandle<()> {
     })
 }
 
-/// Bind the endpoint's address (a clear error at start, as for the API).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 type Shared = Arc<(Arc<NodeInfo>, Registry)>;
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
@@ -73,13 +67,13 @@ async fn ready(State(state): State<Shared>) -> impl IntoResponse {
 }
 
 /// The node's counters and state, read at each scrape.
-#[derive(Debug)]
 struct NodeCollector(Arc<NodeInfo>);
 
-impl std::fmt::Debug for NodeInfo {
+/// `Collector` asks for `Debug`; the node is named by its id.
+impl std::fmt::Debug for NodeCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeInfo")
-            .field("node_id", &self.node_id)
+        f.debug_tuple("NodeCollector")
+            .field(&self.0.node_id)
             .finish()
     }
 }

@@ -52,6 +52,8 @@ pub enum TlsError {
     Read { path: String, source: io::Error },
     #[error("{path}: {why}")]
     Bad { path: String, why: String },
+    #[error("{0}")]
+    Setting(&'static str),
 }
 
 /// The TLS side of the client API: the acceptor and the certificate it serves.

@@ -362,8 +362,9 @@ impl Journal {
 
     /// Open the next segment and return its sequence number: a snapshot
     /// taken after this holds every record of the older segments (each was
-    /// merged into the store before it was appended).
-    pub async fn rotate(&self) -> Result<u64, JournalError> {
+    /// merged into the store before it was appended). Blocking (it syncs
+    /// the segment it closes): run it off the async threads.
+    pub fn rotate(&self) -> Result<u64, JournalError> {
         let mut segment = lock(&self.segment);
         segment.file.sync_data().map_err(io_error(&self.dir))?;
         let seq = segment.seq + 1;
@@ -824,16 +825,17 @@ const SNAPSHOT_PAGE: usize = 1 << 20;
 /// Snapshot every entry and vote of `replicator` into `journal` (see
 /// [`Journal::rotate`]): the votes copied at once (a few per ticket used
 /// within its retention), the entries page by page, each shard lock held for
-/// one page, the file written off the async threads. Writes go on meanwhile,
+/// one page, all of it (the rotation's sync too) off the async threads. Writes go on meanwhile,
 /// into the new segment.
 pub async fn snapshot_store(
     journal: &SharedJournal,
     replicator: &Arc<Replicator>,
 ) -> Result<u64, JournalError> {
-    let seq = journal.rotate().await?;
-    let votes = replicator.vote_records();
-    let (journal, store) = (journal.clone(), replicator.store().clone());
+    let (journal, replicator) = (journal.clone(), replicator.clone());
     tokio::task::spawn_blocking(move || {
+        let seq = journal.rotate()?;
+        let votes = replicator.vote_records();
+        let store = replicator.store();
         journal.write_snapshot(seq, |sink| {
             for slot in &votes {
                 sink(Record::Votes(slot));
@@ -943,7 +945,7 @@ mod tests {
         assert_eq!(ids(&replayed), ["a", "b"]);
         let journal = Arc::new(journal);
         journal.append(&[record("c", 3)]).await.unwrap();
-        let seq = journal.rotate().await.unwrap();
+        let seq = journal.rotate().unwrap();
         journal.append(&[record("d", 4)]).await.unwrap();
         let written = journal
             .write_snapshot(seq, |sink| {

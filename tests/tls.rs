@@ -231,8 +231,7 @@ async fn mtls_refuses_a_client_without_a_certificate_of_its_ca() {
 
 /// The certificate files are replaced (another CA's pair): within the reload
 /// check, new connections get the new certificate, without a restart.
-// The CLI runs as a blocking child process: the node needs a thread of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_rotated_certificate_is_served_without_a_restart() {
     let pki = Pki::new();
     let node = server::start(tls_config(&pki, false)).await.unwrap();

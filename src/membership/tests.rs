@@ -188,6 +188,21 @@ async fn a_killed_node_leaves_within_five_seconds_and_rejoins_once_restarted() {
     }
 }
 
+/// A crash returns only once the gossip port is free: a node restarted on the
+/// same address right after (a test's kill and restart, a supervisor's) binds
+/// it. Aborting chitchat's task only schedules its drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_has_released_its_gossip_port() {
+    for round in 0..200 {
+        let node = start_node("release", "a", vec![]).await;
+        let addr = node.gossip_addr();
+        node.crash().await;
+        if let Err(err) = std::net::UdpSocket::bind(addr) {
+            panic!("round {round}: {addr} still bound after the crash: {err}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quick_restart_is_never_listed_twice() {
     let (a, b, c) = three_nodes("quick").await;

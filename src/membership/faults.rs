@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
+use tokio::sync::oneshot;
 
 /// Drops gossip packets to and from chosen addresses, for in-process partition
 /// tests. Clones share one set of blocked addresses.
@@ -60,14 +61,33 @@ pub(super) struct PreparedTransport {
 }
 
 impl PreparedTransport {
-    pub(super) fn new(socket: Box<dyn Socket>, faults: GossipFaults) -> PreparedTransport {
+    /// The transport, and what tells when its socket has been closed.
+    pub(super) fn new(
+        socket: Box<dyn Socket>,
+        faults: GossipFaults,
+    ) -> (PreparedTransport, SocketClosed) {
+        let (closed_tx, closed_rx) = oneshot::channel();
         let socket: Box<dyn Socket> = Box::new(FaultySocket {
             inner: socket,
             faults,
+            _on_close: closed_tx,
         });
-        PreparedTransport {
+        let transport = PreparedTransport {
             socket: Mutex::new(Some(socket)),
-        }
+        };
+        (transport, SocketClosed(closed_rx))
+    }
+}
+
+/// Resolves once the gossip socket is closed. Aborting chitchat's task only
+/// schedules its drop (on whichever worker polls it next), so whoever rebinds
+/// the port after a crash waits for this first.
+pub(super) struct SocketClosed(oneshot::Receiver<()>);
+
+impl SocketClosed {
+    pub(super) async fn wait(self) {
+        // Never sent: the sender is dropped with the socket.
+        let _ = self.0.await;
     }
 }
 
@@ -86,6 +106,8 @@ impl Transport for PreparedTransport {
 struct FaultySocket {
     inner: Box<dyn Socket>,
     faults: GossipFaults,
+    /// Dropped after `inner` (fields drop in order): the port is free by then.
+    _on_close: oneshot::Sender<()>,
 }
 
 #[async_trait::async_trait]

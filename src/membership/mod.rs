@@ -251,13 +251,19 @@ pub struct Membership {
     inner: Arc<Inner>,
 }
 
+/// Chitchat's task and what tells when its socket is gone.
+struct Running {
+    handle: ChitchatHandle,
+    socket_closed: faults::SocketClosed,
+}
+
 struct Inner {
     node_id: NodeId,
     chitchat_id: ChitchatId,
     gossip_interval: Duration,
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     /// `None` once stopped. A std mutex: only held to send a command or take it.
-    handle: Mutex<Option<ChitchatHandle>>,
+    running: Mutex<Option<Running>>,
     view: Arc<View>,
     /// Keeps the view up to date; aborted when the last clone goes.
     _refresher: AbortOnDrop,
@@ -325,7 +331,7 @@ impl Membership {
             (KEY_TICKETS.to_string(), "0".to_string()),
         ];
         let socket: Box<dyn Socket> = Box::new(socket);
-        let transport = faults::PreparedTransport::new(socket, faults);
+        let (transport, socket_closed) = faults::PreparedTransport::new(socket, faults);
         let handle = spawn_chitchat(chitchat_config, initial_keys, &transport)
             .await
             .map_err(|err| MembershipError::Start(format!("{err:#}")))?;
@@ -354,7 +360,10 @@ impl Membership {
                 chitchat_id,
                 gossip_interval: config.gossip_interval,
                 chitchat,
-                handle: Mutex::new(Some(handle)),
+                running: Mutex::new(Some(Running {
+                    handle,
+                    socket_closed,
+                })),
                 view,
                 _refresher: AbortOnDrop(refresher),
             }),
@@ -429,11 +438,11 @@ impl Membership {
         }
         let guard = self
             .inner
-            .handle
+            .running
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = guard.as_ref()
-            && let Err(err) = handle.gossip(addr)
+        if let Some(running) = guard.as_ref()
+            && let Err(err) = running.handle.gossip(addr)
         {
             debug!(%addr, error = %err, "gossip already stopped");
         }
@@ -443,7 +452,7 @@ impl Membership {
     /// announcement one gossip round to spread, then stop gossiping. Stops every
     /// clone.
     pub async fn shutdown(self) {
-        let Some(handle) = self.take_handle() else {
+        let Some(Running { handle, .. }) = self.take_running() else {
             return;
         };
         let peers: Vec<SocketAddr> = {
@@ -474,15 +483,16 @@ impl Membership {
     /// peers, who notice through the failure detector. For fault-injection
     /// tests. Stops every clone.
     pub async fn crash(self) {
-        if let Some(handle) = self.take_handle() {
-            handle.abort();
+        if let Some(running) = self.take_running() {
+            running.handle.abort();
+            running.socket_closed.wait().await;
             self.stopped().await;
         }
     }
 
-    fn take_handle(&self) -> Option<ChitchatHandle> {
+    fn take_running(&self) -> Option<Running> {
         self.inner
-            .handle
+            .running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()

@@ -14,6 +14,9 @@ pub struct MemHub {
     handlers: Mutex<HashMap<NodeId, Arc<dyn PeerHandler>>>,
     /// Unordered pairs of nodes that cannot reach each other.
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Ordered (caller, callee) pairs whose next call is handled by the
+    /// callee and then broken before the reply reaches the caller.
+    lose_reply: Mutex<HashSet<(NodeId, NodeId)>>,
 }
 
 fn pair(a: &NodeId, b: &NodeId) -> (NodeId, NodeId) {
@@ -56,6 +59,23 @@ impl MemHub {
             .insert(pair(a, b));
     }
 
+    /// The next call from `from` to `to` reaches `to` and is handled, then
+    /// the connection breaks before the reply is back (as when a socket dies
+    /// with the response in flight).
+    pub fn lose_next_reply(&self, from: &NodeId, to: &NodeId) {
+        self.lose_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((from.clone(), to.clone()));
+    }
+
+    fn reply_lost(&self, from: &NodeId, to: &NodeId) -> bool {
+        self.lose_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(from.clone(), to.clone()))
+    }
+
     pub fn heal_all(&self) {
         self.cut.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
@@ -94,6 +114,12 @@ impl PeerNetwork for MemNetwork {
         let reply = target.handle(self.me.clone(), body).await;
         // The link may have been cut while the request was in flight.
         self.hub.handler(to, &self.me)?;
+        if self.hub.reply_lost(&self.me, to) {
+            return Err(PeerError::Unreachable(
+                to.to_string(),
+                "connection lost with the reply in flight".into(),
+            ));
+        }
         match reply {
             Body::Error(error) => Err(PeerError::Remote {
                 peer: to.to_string(),

@@ -826,6 +826,26 @@ async fn a_ticket_put_again_after_a_use_can_be_consumed_again() {
     assert_eq!(again.map(|t| t.uses).ok(), Some(1));
 }
 
+/// Guarantee 1: the arbiter consumed the ticket but its reply was lost with
+/// the connection. Deciding here again would find the use spent and answer
+/// "not found" for a consume that succeeded; the outcome is unknown, so the
+/// caller must hear that instead.
+#[tokio::test]
+async fn a_consume_whose_reply_was_lost_is_not_reported_missing() {
+    let cluster = TestCluster::new(3, ReplicationConfig::default());
+    let id = id_ruled_by(&cluster, 1, 2, "ST-lost");
+    cluster.nodes[0].put(single_use(&id)).await.unwrap();
+    cluster.hub.lose_next_reply(&cluster.id(1), &cluster.id(2));
+    let first = cluster.nodes[1].consume(&id).await;
+    assert!(
+        !matches!(first, Err(StoreError::NotFound)),
+        "a consume the arbiter carried out was reported as a miss"
+    );
+    // The arbiter did spend the use: exactly once.
+    let again = cluster.nodes[1].consume(&id).await;
+    assert!(matches!(again, Err(StoreError::NotFound)), "{again:?}");
+}
+
 /// Review #7: with the default quorum and a cluster of three, a node whose
 /// view is empty (just started, gossip false positive) must not acknowledge
 /// a write that only it holds.

@@ -16,7 +16,8 @@ const PSK: [u8; 32] = [42u8; 32];
 const MIB: usize = 1024 * 1024;
 
 /// Echoes: `Fetch` is answered with one entry per requested id, `Push` with
-/// the pushed entries; a `Fetch` of "slow" sleeps first; `Decide` fails.
+/// the pushed entries; a `Fetch` of "slow" sleeps first, one of "late-big"
+/// answers after 700 ms with a 3 MiB entry; `Decide` fails.
 struct Echo {
     clock: ClockReading,
     observed: Mutex<Vec<(NodeId, ClockReading)>>,
@@ -58,6 +59,13 @@ impl PeerHandler for Echo {
             Body::Fetch(fetch) => {
                 if fetch.ids.first().is_some_and(|id| id == "slow") {
                     tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                if fetch.ids.first().is_some_and(|id| id == "late-big") {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    return Body::Entries(Entries {
+                        entries: vec![big_record(3 * MIB).0],
+                        more: false,
+                    });
                 }
                 Body::Entries(Entries {
                     entries: fetch
@@ -144,7 +152,7 @@ fn entry_ids(body: Body) -> Vec<String> {
     }
 }
 
-fn big_push(payload_bytes: usize) -> (Body, Vec<u8>) {
+fn big_record(payload_bytes: usize) -> (EntryRecord, Vec<u8>) {
     let payload: Vec<u8> = (0..payload_bytes).map(|i| (i % 251) as u8).collect();
     let record = EntryRecord {
         id: "TGT-big".into(),
@@ -155,6 +163,11 @@ fn big_push(payload_bytes: usize) -> (Body, Vec<u8>) {
             ..Default::default()
         })),
     };
+    (record, payload)
+}
+
+fn big_push(payload_bytes: usize) -> (Body, Vec<u8>) {
+    let (record, payload) = big_record(payload_bytes);
     (
         Body::Push(Push {
             entries: vec![record],
@@ -484,6 +497,82 @@ async fn a_stopped_peer_fails_calls_and_a_restarted_one_is_redialed() {
     assert_eq!(a.peer_generation(&id("b")), Some(2));
     a.shutdown().await;
     b2.shutdown().await;
+}
+
+/// A call whose connection breaks after the request left may have been
+/// carried out by the peer: it must not be reported as one that never
+/// reached it (replication decides again only on the latter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_off_after_it_was_sent_is_not_called_unreachable() {
+    let (a, _) = start("a").await;
+    let (b, _) = start("b").await;
+    introduce(&[("a", &a), ("b", &b)]);
+    a.call(&id("b"), fetch(&["x"])).await.unwrap();
+
+    let pending = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.call(&id("b"), fetch(&["slow"])).await })
+    };
+    eventually("b is handling the call", || {
+        b.inner
+            .state
+            .lock()
+            .unwrap()
+            .conns
+            .values()
+            .any(|c| !c.is_idle())
+    })
+    .await;
+    b.block(id("a"));
+    let result = pending.await.unwrap();
+    assert!(result.is_err(), "{result:?}");
+    assert!(
+        !matches!(&result, Err(PeerError::Unreachable(..))),
+        "{result:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A superseded connection closes once quiet, but never with responses
+/// still to write: every call on it gets its answer. (48 answers of 3 MiB
+/// come due together, far more than one drain check's worth of writing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_connection_writes_its_last_responses_before_closing() {
+    let (a, _) = start("a").await;
+    let (b, _) = start("b").await;
+    introduce(&[("a", &a), ("b", &b)]);
+    a.call(&id("b"), fetch(&["x"])).await.unwrap();
+
+    let pending: Vec<_> = (0..48)
+        .map(|_| {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move { a.call(&id("b"), fetch(&["late-big"])).await })
+        })
+        .collect();
+    eventually("b is handling the calls", || {
+        let st = b.inner.state.lock().unwrap();
+        st.conns
+            .values()
+            .any(|c| c.inbound.available_permits() == MAX_INBOUND_REQUESTS - pending.len())
+    })
+    .await;
+    // As if a simultaneous dial had won: both ends stop sending new calls on
+    // this connection and drain it.
+    for net in [&a, &b] {
+        for conn in net.inner.state.lock().unwrap().conns.values() {
+            conn.supersede();
+        }
+    }
+    let (expected, _) = big_record(3 * MIB);
+    for call in pending {
+        match call.await.unwrap() {
+            Ok(Body::Entries(entries)) => assert!(entries.entries == [expected.clone()]),
+            other => panic!("a response was lost: {:?}", other.map(|_| "a body")),
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

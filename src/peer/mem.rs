@@ -112,10 +112,10 @@ impl PeerNetwork for MemNetwork {
             target.observe_clock(&self.me, me.clock_reading());
         }
         let reply = target.handle(self.me.clone(), body).await;
-        // The link may have been cut while the request was in flight.
-        self.hub.handler(to, &self.me)?;
-        if self.hub.reply_lost(&self.me, to) {
-            return Err(PeerError::Unreachable(
+        // The link may have been cut while the request was in flight: the
+        // peer acted on it, its answer is lost.
+        if self.hub.handler(to, &self.me).is_err() || self.hub.reply_lost(&self.me, to) {
+            return Err(PeerError::Lost(
                 to.to_string(),
                 "connection lost with the reply in flight".into(),
             ));

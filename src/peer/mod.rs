@@ -22,9 +22,14 @@ pub type NodeId = Arc<str>;
 /// Why a call to a peer failed.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerError {
-    /// No connection could be made or kept (down, cut off, refused us).
+    /// The request was never sent: no connection could be made or kept
+    /// (down, cut off, refused us). The peer did nothing.
     #[error("peer {0} unreachable: {1}")]
     Unreachable(String, String),
+    /// The connection broke after the request was sent: the peer may have
+    /// carried it out, and its answer is lost.
+    #[error("lost the answer of peer {0}: {1}")]
+    Lost(String, String),
     #[error("peer {0} did not answer in time")]
     Timeout(String),
     /// The peer answered with an error (`ErrorReply`).

@@ -21,8 +21,10 @@
 //! other, which closes once it has gone quiet (in-flight calls on it finish).
 //!
 //! Nothing here retries a failed call: replication decides what to retry. A
-//! call fails with [`PeerError::Unreachable`] when no connection could be had
-//! or the connection broke under it, and the next call dials again.
+//! call fails with [`PeerError::Unreachable`] when its request was never
+//! sent (no connection could be had, or it closed first), and with
+//! [`PeerError::Lost`] when the connection broke once the request was on its
+//! way (the peer may have carried it out); the next call dials again.
 //!
 //! Logs never show frame contents (they carry ticket ids and payloads): only
 //! node ids, addresses, sizes and reasons.
@@ -172,6 +174,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn unreachable(peer: &str, why: impl Into<String>) -> PeerError {
     PeerError::Unreachable(peer.to_string(), why.into())
+}
+
+fn lost(peer: &str, why: impl Into<String>) -> PeerError {
+    PeerError::Lost(peer.to_string(), why.into())
 }
 
 fn error_body(code: tonic::Code, message: impl Into<String>) -> Body {
@@ -863,9 +869,9 @@ impl Inner {
                     request_id,
                     is_response: true,
                     body: response,
+                    inbound: Some(permit),
                 })
                 .await;
-            drop(permit);
         });
     }
 
@@ -877,6 +883,8 @@ impl Inner {
         mut queue: mpsc::Receiver<Outgoing>,
     ) -> String {
         let mut out = Vec::with_capacity(64 * 1024);
+        // Permits of the requests answered in `out`, given back once written.
+        let mut answered = Vec::new();
         loop {
             let Some(mut next) = queue.recv().await else {
                 return "write queue closed".into();
@@ -884,6 +892,7 @@ impl Inner {
             // Gather what is queued into one socket write (large frames are
             // written as they are sealed).
             loop {
+                answered.extend(next.inbound.take());
                 if let Some(plaintext) = self.encode(conn, next) {
                     let sealed = sealer
                         .seal_streaming(&plaintext, &mut out, &mut write_half, WRITE_BATCH_BYTES)
@@ -906,6 +915,7 @@ impl Inner {
                 }
                 out.clear();
             }
+            answered.clear();
             if out.capacity() > 4 * WRITE_BATCH_BYTES {
                 out = Vec::with_capacity(64 * 1024);
             }
@@ -996,6 +1006,10 @@ struct Outgoing {
     request_id: u64,
     is_response: bool,
     body: Body,
+    /// The inbound request this answers, held until the response is written:
+    /// until then the connection is not idle, so a drain cannot close it
+    /// with the response still queued.
+    inbound: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1073,10 +1087,7 @@ impl Conn {
         self.calls.close();
         self.phase.send_replace(Phase::Closed);
         for (_, reply) in waiting {
-            let _ = reply.send(Err(unreachable(
-                &self.peer,
-                format!("connection lost: {reason}"),
-            )));
+            let _ = reply.send(Err(lost(&self.peer, format!("connection lost: {reason}"))));
         }
     }
 
@@ -1107,13 +1118,14 @@ impl Conn {
             request_id,
             is_response: false,
             body,
+            inbound: None,
         };
         if self.tx.send(message).await.is_err() {
             return Err(unreachable(&self.peer, "connection closed"));
         }
         answer
             .await
-            .unwrap_or_else(|_| Err(unreachable(&self.peer, "connection closed")))
+            .unwrap_or_else(|_| Err(lost(&self.peer, "connection closed")))
     }
 
     /// Deliver a response; false if no call waits for it.
@@ -1140,6 +1152,7 @@ impl Conn {
             request_id,
             is_response: true,
             body,
+            inbound: None,
         };
         if let Err(mpsc::error::TrySendError::Full(message)) = self.tx.try_send(message) {
             let conn = Arc::clone(self);

@@ -1031,21 +1031,40 @@ impl Replicator {
                     debug!(arbiter = %arbiter, reason = %decided.message, "arbiter refused; deciding locally");
                 }
                 Ok(Body::Decided(decided)) => return self.accept_decision(decided),
-                Ok(_) => {}
-                Err(PeerError::Remote { message, .. }) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "the ticket's arbiter failed: {message}"
-                    )));
+                // The request never left: decide here; the votes keep it safe.
+                Err(PeerError::Unreachable(..)) => {
+                    debug!(arbiter = %arbiter, "arbiter unreachable; deciding locally");
                 }
-                // The arbiter may still be deciding: deciding here too could only
-                // split the votes (never spend twice), so report it instead.
+                // The arbiter may have decided (or be deciding): deciding here
+                // would find its use spent and call a ticket it just consumed
+                // missing. The outcome is unknown; say so.
                 Err(PeerError::Timeout(_)) => {
                     return Err(StoreError::Unavailable(
                         "the ticket's arbiter did not answer in time; retry".into(),
                     ));
                 }
-                // Unreachable arbiter: decide here; the votes keep it safe.
-                Err(e) => debug!(error = %e, "arbiter unreachable; deciding locally"),
+                Err(PeerError::Lost(..)) => {
+                    return Err(StoreError::Unavailable(
+                        "the connection to the ticket's arbiter broke before it answered; \
+                         the outcome is unknown"
+                            .into(),
+                    ));
+                }
+                Err(PeerError::Remote { message, .. }) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the ticket's arbiter failed: {message}"
+                    )));
+                }
+                Err(e @ PeerError::Protocol(..)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the ticket's arbiter answered badly: {e}"
+                    )));
+                }
+                Ok(_) => {
+                    return Err(StoreError::Unavailable(
+                        "the ticket's arbiter answered something other than a decision".into(),
+                    ));
+                }
             }
         }
         let (view, _) = self.decide_here(id, op, false).await?;

@@ -269,10 +269,7 @@ async fn large_frames_cross_and_oversized_ones_are_rejected() {
     // closes the connection.
     let (push, _) = big_push(300 * 1024);
     let refused = a.call(&id("d"), push).await;
-    assert!(
-        matches!(&refused, Err(PeerError::Unreachable(..))),
-        "{refused:?}"
-    );
+    assert!(matches!(&refused, Err(PeerError::Lost(..))), "{refused:?}");
     assert_eq!(d.stats().frames_rejected, 1);
     eventually("d closed the connection", || {
         d.stats().connections_open == 0
@@ -429,11 +426,15 @@ async fn blocked_links_fail_fast_and_heal() {
         b.stats().connections_open == 0
     })
     .await;
-    // b's calls are refused by a, quickly.
+    // b's calls are refused by a, quickly (a refuses the connection once
+    // it knows who dialed, after the handshake: b's request may be sent).
     let started = Instant::now();
     let result = b.call(&id("a"), fetch(&["x"])).await;
     assert!(
-        matches!(&result, Err(PeerError::Unreachable(..))),
+        matches!(
+            &result,
+            Err(PeerError::Unreachable(..) | PeerError::Lost(..))
+        ),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -469,10 +470,7 @@ async fn a_stopped_peer_fails_calls_and_a_restarted_one_is_redialed() {
     drop(b);
     let result = pending.await.unwrap();
     assert!(
-        matches!(
-            &result,
-            Err(PeerError::Unreachable(..) | PeerError::Timeout(_))
-        ),
+        matches!(&result, Err(PeerError::Lost(..) | PeerError::Timeout(_))),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
@@ -525,11 +523,7 @@ async fn a_call_cut_off_after_it_was_sent_is_not_called_unreachable() {
     .await;
     b.block(id("a"));
     let result = pending.await.unwrap();
-    assert!(result.is_err(), "{result:?}");
-    assert!(
-        !matches!(&result, Err(PeerError::Unreachable(..))),
-        "{result:?}"
-    );
+    assert!(matches!(&result, Err(PeerError::Lost(..))), "{result:?}");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -539,7 +533,10 @@ async fn a_call_cut_off_after_it_was_sent_is_not_called_unreachable() {
 /// come due together, far more than one drain check's worth of writing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseded_connection_writes_its_last_responses_before_closing() {
-    let (a, _) = start("a").await;
+    // Writing 144 MiB takes seconds in a debug build: a waits for all of it.
+    let mut cfg = config("a", PSK, 4 * MIB);
+    cfg.call_timeout = Duration::from_secs(60);
+    let (a, _) = start_with(cfg).await;
     let (b, _) = start("b").await;
     introduce(&[("a", &a), ("b", &b)]);
     a.call(&id("b"), fetch(&["x"])).await.unwrap();

@@ -394,6 +394,7 @@ pub async fn start_with(
         auth_stats: auth_stats.clone(),
         batches: AtomicU64::new(0),
         batched_calls: AtomicU64::new(0),
+        calls: crate::api::metrics::CallMetrics::default(),
     });
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)

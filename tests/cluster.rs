@@ -51,31 +51,46 @@ fn free_gossip_addr() -> SocketAddr {
         .expect("free port")
 }
 
+/// A free TCP port on 127.0.0.1 (for `/metrics`).
+fn free_tcp_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
 struct Cluster {
     nodes: Vec<Option<NodeHandle>>,
     gossip: Vec<SocketAddr>,
     secret: ClusterSecret,
     /// Per node, how far its clock runs ahead of the system's (ms; absent: 0).
     clock_offsets_ms: Vec<i64>,
+    /// Per node, where it serves `/metrics` (empty: nowhere).
+    metrics: Vec<SocketAddr>,
 }
 
 impl Cluster {
     /// Start `size` nodes seeded with each other and wait until all are ready.
     async fn start(size: usize) -> Cluster {
-        let cluster = Cluster::launch(size, &[]).await;
+        Cluster::start_with_metrics(size, Vec::new()).await
+    }
+
+    /// [`Cluster::start`], node `n` serving `/metrics` on `metrics[n]`.
+    async fn start_with_metrics(size: usize, metrics: Vec<SocketAddr>) -> Cluster {
+        let cluster = Cluster::launch(size, &[], metrics).await;
         cluster.wait_converged_membership().await;
         cluster
     }
 
     /// Start `size` nodes seeded with each other, node `n` on a clock shifted
     /// by `clock_offsets_ms[n]`, without waiting for anything.
-    async fn launch(size: usize, clock_offsets_ms: &[i64]) -> Cluster {
+    async fn launch(size: usize, clock_offsets_ms: &[i64], metrics: Vec<SocketAddr>) -> Cluster {
         let gossip: Vec<SocketAddr> = (0..size).map(|_| free_gossip_addr()).collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             gossip,
             secret: secret(),
             clock_offsets_ms: clock_offsets_ms.to_vec(),
+            metrics,
         };
         for n in 0..size {
             let node = cluster.start_node(n).await;
@@ -90,7 +105,7 @@ impl Cluster {
     async fn launch_with_skewed_clocks(clock_offsets_ms: &[i64]) -> Cluster {
         let size = clock_offsets_ms.len();
         let honest: Vec<usize> = (0..size).filter(|&n| clock_offsets_ms[n] == 0).collect();
-        let cluster = Cluster::launch(size, clock_offsets_ms).await;
+        let cluster = Cluster::launch(size, clock_offsets_ms, Vec::new()).await;
         let formed = wait_until(Duration::from_secs(30), || {
             cluster.running().all(|n| live_ids(n).len() == size)
                 && honest.iter().all(|&n| cluster.node(n).is_ready())
@@ -117,6 +132,7 @@ impl Cluster {
             anti_entropy_interval: Duration::from_millis(500),
             discovery_interval: Duration::from_secs(1),
             data_dir: None,
+            metrics_listen: self.metrics.get(n).copied(),
             ..NodeConfig::default()
         }
     }
@@ -266,6 +282,71 @@ async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 fn st(id: &str) -> NewTicket {
     NewTicket::new(id, Duration::from_secs(60)).max_uses(1)
+}
+
+/// `/metrics` of a cluster node: members by state, each peer's clock, the
+/// replication pushes of the writes made and anti-entropy rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_nodes_metrics_show_its_peers_and_its_replication() {
+    use common::scrape::{counter, gauge, scrape, value_of};
+    let metrics = (0..3).map(|_| free_tcp_addr()).collect();
+    let cluster = Cluster::start_with_metrics(3, metrics).await;
+    let client = cluster.client(0).await;
+    for n in 0..20 {
+        client
+            .put(NewTicket::new(
+                format!("TGT-{n}-metrics"),
+                Duration::from_secs(60),
+            ))
+            .await
+            .unwrap();
+    }
+    let pushes = |scrape: &common::scrape::Scrape| match value_of(
+        scrape,
+        "tessera_replication_push_duration_seconds",
+        &[],
+    ) {
+        Some(openmetrics_parser::OpenMetricsValue::Histogram(h)) => h.count.unwrap_or(0),
+        other => panic!("no push histogram: {other:?}"),
+    };
+    // Each write is pushed to both peers; a push answered after the quorum
+    // was met may still be on its way.
+    let mut metrics = scrape(cluster.metrics[0]).await;
+    for _ in 0..100 {
+        if pushes(&metrics) >= 40 && counter(&metrics, "tessera_anti_entropy_rounds", &[]) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = scrape(cluster.metrics[0]).await;
+    }
+    // At least the quorum's push of each write was acknowledged; at most
+    // two per write were made.
+    let pushed = pushes(&metrics);
+    assert!((20..=40).contains(&pushed), "{pushed} pushes timed");
+    assert!(counter(&metrics, "tessera_anti_entropy_rounds", &[]) > 0.0);
+    assert_eq!(
+        gauge(&metrics, "tessera_members", &[("state", "alive")]),
+        3.0
+    );
+    assert_eq!(
+        gauge(&metrics, "tessera_members", &[("state", "dead")]),
+        0.0
+    );
+    for peer in ["node-1", "node-2"] {
+        let skew = gauge(
+            &metrics,
+            "tessera_peer_clock_skew_seconds",
+            &[("peer", peer)],
+        );
+        assert!(skew.abs() < 1.0, "{peer}: {skew} s on one machine");
+    }
+    let on_a_peer = scrape(cluster.metrics[1]).await;
+    assert_eq!(
+        gauge(&on_a_peer, "tessera_tickets", &[("kind", "TGT")]),
+        20.0
+    );
+    assert_eq!(gauge(&on_a_peer, "tessera_ready", &[]), 1.0);
+    cluster.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,6 +749,7 @@ async fn a_node_whose_discovery_fails_reports_not_ready() {
         gossip: vec![free_gossip_addr()],
         secret: secret(),
         clock_offsets_ms: Vec::new(),
+        metrics: Vec::new(),
     };
     let mut config = cluster.config(0);
     config.seeds = vec!["no-such-host.invalid:7946".into()];

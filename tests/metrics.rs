@@ -5,34 +5,13 @@
 #[allow(dead_code)] // not every helper is used here
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::time::Duration;
 
+use common::scrape::{calls, counter, gauge, get, scrape, value_of};
+use openmetrics_parser::{MetricNumber, OpenMetricsValue};
 use tessera::config::NodeConfig;
-use tessera_client::NewTicket;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path` with a bare HTTP/1.1 request: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: tessera\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use tessera_client::{Error, NewTicket};
 
 #[tokio::test]
 async fn metrics_follow_the_node_and_health_answers_over_http() {
@@ -50,7 +29,11 @@ async fn metrics_follow_the_node_and_health_answers_over_http() {
         .unwrap();
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
-    for line in ["tessera_tickets 1", "tessera_ready 1", "tessera_draining 0"] {
+    for line in [
+        "tessera_tickets{kind=\"TGT\"} 1",
+        "tessera_ready 1",
+        "tessera_draining 0",
+    ] {
         assert!(body.lines().any(|l| l == line), "no {line:?} in:\n{body}");
     }
     assert!(
@@ -72,7 +55,72 @@ async fn metrics_follow_the_node_and_health_answers_over_http() {
         .await
         .unwrap();
     let (_, body) = get(addr, "/metrics").await;
-    assert!(body.lines().any(|l| l == "tessera_tickets 2"), "{body}");
+    assert!(
+        body.lines().any(|l| l == "tessera_tickets{kind=\"TGT\"} 2"),
+        "{body}"
+    );
+    common::stop(node).await;
+}
+
+/// The scrape is valid OpenMetrics (as a Prometheus server parses it), and
+/// its counters and gauges move with the calls made.
+#[tokio::test]
+async fn metrics_parse_as_openmetrics_and_move_with_calls() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let (node, client) = common::start_with(NodeConfig {
+        metrics_listen: Some(addr),
+        ..common::config()
+    })
+    .await;
+    let before = scrape(addr).await;
+    assert_eq!(calls(&before, "put", "ok"), 0);
+    assert_eq!(
+        gauge(&before, "tessera_members", &[("state", "alive")]),
+        1.0
+    );
+    assert!(gauge(&before, "tessera_process_resident_memory_bytes", &[]) > 1e6);
+
+    for n in 0..3 {
+        let id = format!("TGT-scrape-{n}");
+        client
+            .put(NewTicket::new(&id, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        client.get(&id).await.unwrap();
+    }
+    client
+        .put(NewTicket::new("ST-scrape", Duration::from_secs(60)).kind("ST"))
+        .await
+        .unwrap();
+    let missing = client.consume("ST-never-put").await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+
+    let after = scrape(addr).await;
+    assert_eq!(calls(&after, "put", "ok"), 4);
+    assert_eq!(calls(&after, "get", "ok"), 3);
+    assert_eq!(calls(&after, "consume", "not_found"), 1);
+    assert_eq!(calls(&after, "consume", "ok"), 0);
+    assert_eq!(gauge(&after, "tessera_tickets", &[("kind", "TGT")]), 3.0);
+    assert_eq!(gauge(&after, "tessera_tickets", &[("kind", "ST")]), 1.0);
+    // Every call took some time, and less than the histogram's top bucket.
+    let Some(OpenMetricsValue::Histogram(puts)) = value_of(
+        &after,
+        "tessera_ticket_call_duration_seconds",
+        &[("op", "put"), ("outcome", "ok")],
+    ) else {
+        panic!("no put histogram");
+    };
+    let sum = match puts.sum {
+        Some(MetricNumber::Float(f)) => f,
+        Some(MetricNumber::Int(i)) => i as f64,
+        None => 0.0,
+    };
+    assert!(sum > 0.0 && sum < 13.0, "{sum}");
+    // No label value anywhere is a ticket id.
+    let (_, text) = get(addr, "/metrics").await;
+    assert!(!text.contains("scrape-"), "{text}");
     common::stop(node).await;
 }
 
@@ -110,5 +158,23 @@ async fn readyz_is_503_until_the_node_is_ready() {
     assert_eq!(get(addr, "/healthz").await.0, 200);
     let (_, metrics) = get(addr, "/metrics").await;
     assert!(metrics.lines().any(|l| l == "tessera_ready 0"), "{metrics}");
+    // Its ticket calls are refused, and counted with the reason.
+    let client = common::client_with(
+        &node,
+        tessera_client::ClientConfig {
+            token: Some("metrics-test-api-token-0123456789abcdef".into()),
+            ..tessera_client::ClientConfig::default()
+        },
+    )
+    .await;
+    let refused = client.get("TGT-anything").await;
+    assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+    let metrics = scrape(addr).await;
+    let not_ready = [("op", "get"), ("reason", "not_ready")];
+    assert_eq!(
+        counter(&metrics, "tessera_ticket_calls_refused", &not_ready),
+        1.0
+    );
+    assert_eq!(calls(&metrics, "get", "unavailable"), 1);
     common::stop(node).await;
 }

@@ -16,6 +16,7 @@ pub mod tls;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use futures::future::join_all;
 use tessera_proto::v1::batch_call::Call;
@@ -39,6 +40,7 @@ use crate::store::{ListCursor, ListFilter, Store};
 pub use auth::{ApiAuth, AuthStats};
 use convert::{put_ticket, update_ticket};
 pub use convert::{ticket, ticket_view};
+use metrics::{CallMetrics, Op};
 pub use status::to_status;
 
 /// Tickets per store page while listing; the stream buffers at most one page
@@ -67,6 +69,8 @@ pub struct NodeInfo {
     /// `Batch` RPCs answered and the calls they carried.
     pub batches: AtomicU64,
     pub batched_calls: AtomicU64,
+    /// Ticket calls by operation and outcome, with latencies (`/metrics`).
+    pub calls: CallMetrics,
 }
 
 impl NodeInfo {
@@ -151,37 +155,68 @@ pub const NOT_READY: &str = "not ready: this node has not caught up with its clu
 /// The ticket calls, each answered the same whether it came as its own RPC or
 /// inside a [`TicketStore::batch`].
 impl TicketApi {
+    /// Run one ticket call, counted in [`NodeInfo::calls`] with its outcome
+    /// and latency.
+    async fn observed<T>(
+        &self,
+        op: Op,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let outcome = call.await;
+        self.node.calls.observe(op, &outcome, started.elapsed());
+        outcome
+    }
+
     async fn put_call(&self, request: PutRequest) -> Result<Ticket, Status> {
-        let view = self.serving()?.put(put_ticket(request)).await;
-        Ok(ticket(view.map_err(to_status)?))
+        self.observed(Op::Put, async {
+            let view = self.serving()?.put(put_ticket(request)).await;
+            Ok(ticket(view.map_err(to_status)?))
+        })
+        .await
     }
 
     async fn get_call(&self, request: GetRequest) -> Result<Ticket, Status> {
-        let view = self.serving()?.get(&request.id).await;
-        Ok(ticket(view.map_err(to_status)?))
+        self.observed(Op::Get, async {
+            let view = self.serving()?.get(&request.id).await;
+            Ok(ticket(view.map_err(to_status)?))
+        })
+        .await
     }
 
     async fn touch_call(&self, request: TouchRequest) -> Result<Ticket, Status> {
-        let view = self.serving()?.touch(&request.id).await;
-        Ok(ticket(view.map_err(to_status)?))
+        self.observed(Op::Touch, async {
+            let view = self.serving()?.touch(&request.id).await;
+            Ok(ticket(view.map_err(to_status)?))
+        })
+        .await
     }
 
     async fn consume_call(&self, request: ConsumeRequest) -> Result<Ticket, Status> {
-        let view = self.serving()?.consume(&request.id).await;
-        Ok(ticket(view.map_err(to_status)?))
+        self.observed(Op::Consume, async {
+            let view = self.serving()?.consume(&request.id).await;
+            Ok(ticket(view.map_err(to_status)?))
+        })
+        .await
     }
 
     async fn update_call(&self, request: UpdateRequest) -> Result<Ticket, Status> {
-        let id = request.id.clone();
-        let view = self.serving()?.update(&id, update_ticket(request)).await;
-        Ok(ticket(view.map_err(to_status)?))
+        self.observed(Op::Update, async {
+            let id = request.id.clone();
+            let view = self.serving()?.update(&id, update_ticket(request)).await;
+            Ok(ticket(view.map_err(to_status)?))
+        })
+        .await
     }
 
     async fn delete_call(&self, request: DeleteRequest) -> Result<DeleteResponse, Status> {
-        let deleted = self.serving()?.delete(&request.id).await;
-        Ok(DeleteResponse {
-            deleted: deleted.map_err(to_status)?,
+        self.observed(Op::Delete, async {
+            let deleted = self.serving()?.delete(&request.id).await;
+            Ok(DeleteResponse {
+                deleted: deleted.map_err(to_status)?,
+            })
         })
+        .await
     }
 
     /// One call of a batch; a failure becomes that call's outcome, not the batch's.
@@ -268,7 +303,11 @@ impl TicketStore for TicketApi {
         &self,
         _request: Request<DeleteAllRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let deleted = self.serving()?.delete_all().await.map_err(to_status)?;
+        let deleted = self
+            .observed(Op::DeleteAll, async {
+                self.serving()?.delete_all().await.map_err(to_status)
+            })
+            .await?;
         Ok(Response::new(DeleteResponse { deleted }))
     }
 
@@ -276,11 +315,15 @@ impl TicketStore for TicketApi {
         &self,
         request: Request<DeleteForRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        let principal = request.into_inner().principal;
         let deleted = self
-            .serving()?
-            .delete_for(&request.into_inner().principal)
-            .await
-            .map_err(to_status)?;
+            .observed(Op::DeleteFor, async {
+                self.serving()?
+                    .delete_for(&principal)
+                    .await
+                    .map_err(to_status)
+            })
+            .await?;
         Ok(Response::new(DeleteResponse { deleted }))
     }
 

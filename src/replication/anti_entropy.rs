@@ -5,7 +5,6 @@
 //! reports ready.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -100,6 +99,7 @@ impl Replicator {
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
+        self.stats.note_sync(&report, failed.is_none());
         match failed {
             Some(e) => Err(e),
             None => {
@@ -174,7 +174,6 @@ pub struct AntiEntropy {
     interval: Duration,
     /// Round-robin position over the live peers.
     next_peer: usize,
-    rounds: Arc<AtomicU64>,
 }
 
 impl AntiEntropy {
@@ -183,13 +182,7 @@ impl AntiEntropy {
             replicator,
             interval,
             next_peer: 0,
-            rounds: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// Completed sync rounds (for tests and metrics).
-    pub fn rounds(&self) -> Arc<AtomicU64> {
-        self.rounds.clone()
     }
 }
 
@@ -217,7 +210,6 @@ impl Worker for AntiEntropy {
                         "anti-entropy repaired differences"
                     );
                 }
-                self.rounds.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => debug!(peer = %peer, error = %e, "anti-entropy round failed"),
         }

@@ -39,6 +39,7 @@ use tessera_proto::peer::{
 use tonic::Code;
 use tracing::{debug, error, info, warn};
 
+use crate::api::metrics::Latency;
 use crate::clock::Millis;
 use crate::error::StoreError;
 use crate::journal::{Durable, Replayed, SharedJournal};
@@ -136,6 +137,38 @@ pub struct ReplicationStats {
     /// Idle deaths the sweeper could not confirm with enough peers (see
     /// [`Replicator::sweep`]); counted per try.
     pub idle_deaths_unconfirmed: AtomicU64,
+    /// Live tickets the sweeper turned into tombstones (expired, idle, used up).
+    pub swept_dead: AtomicU64,
+    /// Records the sweeper forgot (past retention).
+    pub swept_forgotten: AtomicU64,
+    /// Anti-entropy rounds with a peer: completed, failed, and what they found.
+    pub sync_rounds: AtomicU64,
+    pub sync_rounds_failed: AtomicU64,
+    pub sync_buckets_differing: AtomicU64,
+    pub sync_records_sent: AtomicU64,
+    pub sync_records_received: AtomicU64,
+    /// How long each push of a write took to be acknowledged by a peer: the
+    /// replication lag a reader on that peer could see at most.
+    pub push_seconds: Latency,
+}
+
+impl ReplicationStats {
+    fn note_sync(&self, report: &anti_entropy::SyncReport, completed: bool) {
+        let add = |counter: &AtomicU64, n: usize| {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        };
+        add(
+            if completed {
+                &self.sync_rounds
+            } else {
+                &self.sync_rounds_failed
+            },
+            1,
+        );
+        add(&self.sync_buckets_differing, report.buckets_differing);
+        add(&self.sync_records_sent, report.entries_sent);
+        add(&self.sync_records_received, report.entries_received);
+    }
 }
 
 /// Who this node believes is in the cluster.
@@ -165,6 +198,9 @@ struct View {
 struct ClockSighting {
     /// Its clock was beyond the skew budget from this node's.
     beyond: bool,
+    /// Its physical clock less this node's, as read off the frame (one-way
+    /// network delay included).
+    skew_ms: i64,
     at: tokio::time::Instant,
 }
 
@@ -396,6 +432,21 @@ impl Replicator {
             .clone()
     }
 
+    /// Each live peer's clock less this node's, in ms, as its frames showed
+    /// it lately (peers not heard from within [`SKEW_MEMORY`] are left out).
+    pub fn peer_clock_skews(&self) -> Vec<(NodeId, i64)> {
+        let now = tokio::time::Instant::now();
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.peers
+            .iter()
+            .filter_map(|peer| {
+                let sighting = view.clocks.get(peer)?;
+                (now.duration_since(sighting.at) < SKEW_MEMORY)
+                    .then(|| (peer.clone(), sighting.skew_ms))
+            })
+            .collect()
+    }
+
     /// The cluster size majorities are counted against: the configured size
     /// or every node seen since start that has not announced its leave,
     /// itself included, whichever is larger. A node that vanished without
@@ -615,6 +666,13 @@ impl Replicator {
                 report.unconfirmed = idle.len();
             }
         }
+        let stats = &self.stats;
+        stats
+            .swept_dead
+            .fetch_add(report.expired as u64, Ordering::Relaxed);
+        stats
+            .swept_forgotten
+            .fetch_add(report.purged as u64, Ordering::Relaxed);
         report
     }
 
@@ -865,8 +923,13 @@ impl Replicator {
             let network = network.clone();
             let records = records.clone();
             let acks = acks_tx.clone();
+            let push_seconds = self.stats.push_seconds.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let ok = push_batches(network.as_ref(), &peer, records).await;
+                if ok.is_ok() {
+                    push_seconds.observe(started.elapsed());
+                }
                 if let Err(e) = &ok {
                     debug!(peer = %peer, error = %e, "push failed; anti-entropy will repair");
                 }
@@ -1671,7 +1734,7 @@ impl Replicator {
     /// Remember whether `from`'s latest frame showed its clock beyond the
     /// budget, and let a fence follow at once. Frames arrive with every push,
     /// so an unchanged verdict is written at most once a second.
-    fn note_clock(&self, from: &NodeId, beyond: bool) {
+    fn note_clock(&self, from: &NodeId, skew_ms: i64, beyond: bool) {
         let now = tokio::time::Instant::now();
         let fresh = {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
@@ -1682,8 +1745,12 @@ impl Replicator {
         };
         if !fresh {
             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-            view.clocks
-                .insert(from.clone(), ClockSighting { beyond, at: now });
+            let sighting = ClockSighting {
+                beyond,
+                skew_ms,
+                at: now,
+            };
+            view.clocks.insert(from.clone(), sighting);
         }
         self.clock_fenced();
     }
@@ -1736,7 +1803,7 @@ impl PeerHandler for Replicator {
         let skew_ms = physical_ms as i64 - now as i64;
         let budget = self.config.max_clock_skew.as_millis() as i64;
         let beyond = skew_ms.abs() > budget;
-        self.note_clock(from, beyond);
+        self.note_clock(from, skew_ms, beyond);
         if beyond {
             self.report_skew(from, skew_ms);
         }

@@ -1,6 +1,8 @@
 //! Shared set-up for the API integration tests: a real node (gRPC server, store,
 //! sweeper) on an OS-chosen port of 127.0.0.1 and a real `tessera-client` to it.
 
+pub mod scrape;
+
 use std::time::Duration;
 
 use tessera::clock::Clock;

@@ -25,4 +25,5 @@ pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod ticket;
+pub mod watch;
 pub mod worker;

@@ -33,6 +33,7 @@ use crate::peer::NodeId;
 use crate::peer::net::{PeerNet, PeerNetConfig};
 use crate::replication::Replicator;
 use crate::replication::anti_entropy::AntiEntropy;
+use crate::replication::reports::ExpiryHandoffs;
 use crate::secret::{ApiToken, ClusterSecret, SecretError};
 use crate::store::Store;
 use crate::sweeper::Sweeper;
@@ -193,6 +194,9 @@ impl NodeHandle {
             // Let peers see it and stop routing decisions here.
             tokio::time::sleep(self.gossip_interval * 2).await;
         }
+        // Watch streams never end by themselves: end them, so the server
+        // can finish its calls (watchers resume on another node).
+        self.node.replicator.events().close();
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -352,6 +356,7 @@ pub async fn start_with(
     let sweeper = Sweeper::new(replicator.clone());
     let mut worker_tasks = vec![
         worker::spawn(sweeper, &workers),
+        worker::spawn(ExpiryHandoffs::new(replicator.clone()), &workers),
         worker::spawn(ClockSync::new(clock), &workers),
     ];
     if let Some(tls) = &tls {

@@ -22,6 +22,7 @@ use crate::batch::Batcher;
 use crate::failover::{Failure, Idempotency, fails_over};
 use crate::stream::TicketStream;
 use crate::types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
+use crate::watch::{EventStream, WatchFilter};
 use crate::{Error, convert};
 
 /// Largest message sent or accepted, well above any sane server payload limit, so
@@ -406,6 +407,34 @@ impl Client {
             })
             .await?;
         Ok(TicketStream::new(stream, first, self.call_timeout))
+    }
+
+    /// Ticket events as the first reachable node reports them (created,
+    /// deleted, expired, used up), for single logout. Each event is reported
+    /// by one node of the cluster (an expiry by the ticket's arbiter), so to
+    /// hear every event, watch every node once across the fleet (e.g. each
+    /// CAS node watches the Tessera node it runs beside); a client with one
+    /// address watches that node. The stream ends with an error when the
+    /// node stops or drops a watcher too slow to keep up: watch again with
+    /// the last position received in [`WatchFilter::resume_after`].
+    pub async fn watch(&self, filter: WatchFilter) -> Result<EventStream, Error> {
+        let msg = pb::WatchRequest {
+            kinds: filter.kinds,
+            types: filter
+                .events
+                .into_iter()
+                .map(crate::watch::event_type_to_pb)
+                .collect(),
+            resume_after: filter.resume_after,
+        };
+        let stream = self
+            .attempts(Idempotency::Idempotent, |node| {
+                let mut c = node.grpc.clone();
+                let req = self.request(msg.clone());
+                async move { Ok(c.watch(req).await?.into_inner()) }
+            })
+            .await?;
+        Ok(EventStream::new(stream))
     }
 
     /// The cluster's nodes as the answering node sees them.

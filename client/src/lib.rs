@@ -141,6 +141,7 @@ mod error;
 mod failover;
 mod stream;
 mod types;
+mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -152,6 +153,7 @@ pub use stream::TicketStream;
 /// fields are only ever added).
 pub use tessera_proto::v1::NodeStats;
 pub use types::{Counts, ListFilter, Member, NewTicket, Ticket, TicketUpdate};
+pub use watch::{EventCause, EventStream, EventType, TicketEvent, WatchFilter, WatchItem};
 
 /// The generated protobuf types, for callers that need the raw API.
 pub use tessera_proto as proto;

@@ -12,6 +12,7 @@ mod convert;
 pub mod metrics;
 mod status;
 pub mod tls;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tessera_proto::v1::{
     CountResponse, DeleteAllRequest, DeleteForRequest, DeleteRequest, DeleteResponse, GetRequest,
     ListRequest, Member, MembersRequest, MembersResponse, NodeStats, PutRequest,
     SessionsForRequest, SessionsForResponse, StatsRequest, Ticket, TouchRequest, UpdateRequest,
+    WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -354,6 +356,21 @@ impl TicketStore for TicketApi {
     }
 
     type ListStream = TicketStream;
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        if self.node.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable(
+                "draining: this node is shutting down; watch another node",
+            ));
+        }
+        let events = self.node.replicator.events();
+        let stream = watch::watch(events, &self.node.node_id, request.into_inner())?;
+        Ok(Response::new(stream))
+    }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<TicketStream>, Status> {
         self.clock_trusted()?;

@@ -17,6 +17,7 @@
 //!   so that its expiry decisions, wrong by its skew, never reach the others.
 
 pub mod anti_entropy;
+pub mod reports;
 pub(crate) mod votes;
 pub mod wire;
 
@@ -47,6 +48,7 @@ use crate::peer::{ClockReading, NodeId, PeerError, PeerHandler, PeerNetwork};
 use crate::redact::tag;
 use crate::store::{Expiry, PutTicket, Store, SweepReport, UpdateTicket, Written};
 use crate::ticket::{self, TicketView};
+use crate::watch::EventLog;
 use votes::{Ballot, BallotId, SlotKey, SlotVotes, VoteBook};
 use wire::{
     NodeIds, from_record, from_record_with, hlc_from_wire, hlc_to_wire, stamp_from_wire,
@@ -150,6 +152,11 @@ pub struct ReplicationStats {
     /// How long each push of a write took to be acknowledged by a peer: the
     /// replication lag a reader on that peer could see at most.
     pub push_seconds: Latency,
+    /// Expiries another node was to report that this node kept as handoffs
+    /// (see [`reports`]): reported here because that node had gone, or
+    /// dropped because too many were kept.
+    pub watch_handoffs_reported: AtomicU64,
+    pub watch_handoffs_dropped: AtomicU64,
 }
 
 impl ReplicationStats {
@@ -292,6 +299,10 @@ pub struct Replicator {
     stripes: RandomState,
     /// The last [`Replicator::clock_fenced`] verdict, to log each change once.
     fenced: AtomicBool,
+    /// The ticket events this node reports to `Watch` subscribers.
+    events: Arc<EventLog>,
+    /// Expiries another node is to report (see [`reports`]).
+    handoffs: reports::Handoffs,
     pub stats: ReplicationStats,
 }
 
@@ -299,7 +310,7 @@ impl Replicator {
     pub fn new(store: Arc<Store>, config: ReplicationConfig) -> Arc<Replicator> {
         let me = store.hlc().node().clone();
         let budget_ms = config.max_clock_skew.as_millis() as Millis;
-        Arc::new(Replicator {
+        let replicator = Arc::new(Replicator {
             store,
             me,
             view: RwLock::new(View {
@@ -324,8 +335,19 @@ impl Replicator {
                 .collect(),
             stripes: RandomState::new(),
             fenced: AtomicBool::new(false),
+            events: Arc::new(EventLog::new()),
+            handoffs: Default::default(),
             stats: ReplicationStats::default(),
-        })
+        });
+        let weak = Arc::downgrade(&replicator);
+        let observer: std::sync::Weak<dyn crate::store::Observer> = weak;
+        replicator.store.observe_with(observer);
+        replicator
+    }
+
+    /// The ticket events this node reports (`Watch`).
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
     }
 
     /// Connect to the peer network (once; the network needs `self` as its handler).

@@ -16,7 +16,7 @@ mod shard;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -27,6 +27,7 @@ use crate::entry::{Entry, Identity, Liveness, Payload, merge_at, owned_bytes};
 use crate::error::StoreError;
 use crate::redact::tag;
 use crate::ticket::{self, Limits, MAX_PARENT_DEPTH, TicketView};
+use crate::watch::{DeleteCause, EventKind};
 use shard::Shard;
 
 /// Entries per shard lock taken by bulk operations before yielding the lock.
@@ -153,10 +154,63 @@ struct Removal {
 impl Removal {
     /// Cascade what is left and report how many live tickets went.
     fn finish(mut self, store: &Store, now: Millis) -> Written<u64> {
-        store.cascade(&mut self.changes, &mut self.cascaded, &mut self.live, now);
+        let children = Source::Delete(DeleteCause::Cascade);
+        store.cascade(
+            &mut self.changes,
+            &mut self.cascaded,
+            &mut self.live,
+            now,
+            children,
+        );
         Written {
             value: self.live.len() as u64,
             changes: self.changes,
+        }
+    }
+}
+
+/// Who hears of what the store did to tickets: the node's `Watch` events.
+///
+/// Called under the ticket's shard lock, as the change is stored, so events
+/// come in the order the changes were made; keep it short and never call
+/// back into the store. `ticket` is the incarnation as it was: for a death,
+/// its last live state (payload included), for a creation, the new one.
+///
+/// What is reported (the same rules on every node): `Created` and `UsedUp`
+/// for this node's own writes, `Deleted` for this node's own deletes of
+/// live tickets (with descendants as `Cascade`), and `Expired` for every
+/// death of a ticket this node's clock had already seen expire, whatever
+/// brought the tombstone (its sweeper, a peer's copy, a delete): which node
+/// reports such an expiry to subscribers is the observer's business.
+pub trait Observer: Send + Sync {
+    fn observed(
+        &self,
+        id: &Arc<str>,
+        ticket: &crate::entry::Incarnation,
+        what: EventKind,
+        now: Millis,
+    );
+}
+
+/// What made a change, for [`Observer`] (and which changes are recorded).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A put, touch, consume or update this node serves.
+    Write,
+    /// A delete this node serves.
+    Delete(DeleteCause),
+    /// This node's sweeper.
+    Sweep,
+    /// A peer's copy (push, anti-entropy, read repair) or the node's own
+    /// journal at start, or what cascades from one.
+    Peer(Record),
+}
+
+impl Source {
+    fn record(self) -> Record {
+        match self {
+            Source::Peer(record) => record,
+            _ => Record::Every,
         }
     }
 }
@@ -169,6 +223,7 @@ pub struct Store {
     /// The due time the sweeper sleeps towards; a write with an earlier one wakes it.
     sweep_target_ms: AtomicU64,
     sweep_wake: Notify,
+    observer: OnceLock<Weak<dyn Observer>>,
 }
 
 /// What [`Store::decide_state`] reads: enough to pick a consume's or an
@@ -198,6 +253,24 @@ impl Store {
             config,
             sweep_target_ms: AtomicU64::new(Millis::MAX),
             sweep_wake: Notify::new(),
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Tell `observer` of every ticket event from now on (once; see [`Observer`]).
+    pub fn observe_with(&self, observer: Weak<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observe(
+        &self,
+        id: &Arc<str>,
+        ticket: &crate::entry::Incarnation,
+        what: EventKind,
+        now: Millis,
+    ) {
+        if let Some(observer) = self.observer.get().and_then(Weak::upgrade) {
+            observer.observed(id, ticket, what, now);
         }
     }
 
@@ -561,7 +634,7 @@ impl Store {
             };
             let entry = Entry::create(self.hlc.stamp(), identity, payload, self.config.skew_budget_ms);
             let parent_shard = parent_index.zip(parent_shard);
-            self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes, Record::Every);
+            self.apply_locked(shard, parent_shard, &id, entry, now, &mut changes, Source::Write);
             shard
                 .entries
                 .get(&id)
@@ -701,11 +774,12 @@ impl Store {
                 copy,
                 now,
                 &mut changes,
-                Record::Every,
+                Source::Write,
             );
             view
         };
-        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
+        let children = Source::Delete(DeleteCause::Cascade);
+        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now, children);
         Ok(Written {
             value: view,
             changes,
@@ -717,7 +791,7 @@ impl Store {
         ticket::validate_id("id", id)?;
         let now = self.now();
         let mut removal = Removal::default();
-        self.delete_root(&id.into(), now, &mut removal);
+        self.delete_root(&id.into(), now, &mut removal, DeleteCause::Delete);
         let written = removal.finish(self, now);
         debug!(ticket = %tag(id), removed = written.value, "delete");
         Ok(written)
@@ -747,7 +821,7 @@ impl Store {
                     break;
                 };
                 for id in &ids {
-                    self.delete_root(id, now, &mut removal);
+                    self.delete_root(id, now, &mut removal, DeleteCause::DeleteAll);
                 }
                 after = Some(last);
             }
@@ -773,7 +847,7 @@ impl Store {
                     .unwrap_or_default()
             };
             for id in &ids {
-                self.delete_root(id, now, &mut removal);
+                self.delete_root(id, now, &mut removal, DeleteCause::DeleteFor);
             }
         }
         let written = removal.finish(self, now);
@@ -783,11 +857,11 @@ impl Store {
 
     /// Tombstone `id` as the root of a delete; it counts as removed if it was
     /// live, itself and its ancestors.
-    fn delete_root(&self, id: &Arc<str>, now: Millis, removal: &mut Removal) {
+    fn delete_root(&self, id: &Arc<str>, now: Millis, removal: &mut Removal, cause: DeleteCause) {
         let Some(live) = self.effective_liveness(id, now) else {
             return;
         };
-        let was_live = self.delete_one(id, None, now, &mut removal.changes);
+        let was_live = self.delete_one(id, None, now, &mut removal.changes, Source::Delete(cause));
         if live && was_live {
             removal.live.insert(id.clone());
         }
@@ -798,6 +872,7 @@ impl Store {
             &mut removal.cascaded,
             &mut removal.live,
             now,
+            Source::Delete(DeleteCause::Cascade),
         );
     }
 
@@ -809,6 +884,7 @@ impl Store {
         expected_parent: Option<&str>,
         now: Millis,
         changes: &mut Vec<Change>,
+        source: Source,
     ) -> bool {
         let mut shard = self.lock(self.shard_index(id));
         let Some(entry) = shard.entries.get(id) else {
@@ -823,7 +899,7 @@ impl Store {
             return false;
         }
         let was_live = entry.liveness(now) == Liveness::Live;
-        self.tombstone_locked(&mut shard, id, now, changes);
+        self.tombstone_locked(&mut shard, id, now, changes, source);
         was_live
     }
 
@@ -847,10 +923,11 @@ impl Store {
                 incoming,
                 now,
                 &mut changes,
-                Record::Every,
+                Source::Peer(Record::Every),
             );
         });
-        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
+        let children = Source::Peer(Record::Every);
+        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now, children);
         changes
     }
 
@@ -885,7 +962,7 @@ impl Store {
                         incoming,
                         now,
                         &mut tombstones,
-                        Record::Tombstones,
+                        Source::Peer(Record::Tombstones),
                     );
                     taken += 1;
                     if taken < PAGE {
@@ -894,7 +971,8 @@ impl Store {
                     }
                 }
             }
-            self.cascade(&mut tombstones, &mut 0, &mut HashSet::new(), now);
+            let children = Source::Peer(Record::Every);
+            self.cascade(&mut tombstones, &mut 0, &mut HashSet::new(), now, children);
             tombstones.clear();
         }
     }
@@ -930,7 +1008,7 @@ impl Store {
         incoming: Entry,
         now: Millis,
         changes: &mut Vec<Change>,
-        record: Record,
+        source: Source,
     ) {
         let before = shard.entries.get(id);
         let new_parent = new_incarnation_parent(before, &incoming).cloned();
@@ -960,6 +1038,9 @@ impl Store {
                 holder.entries.get(p).is_some_and(Entry::is_deleted)
             });
             if used_up || parent_deleted {
+                if used_up && source == Source::Write {
+                    self.observe(id, inc, EventKind::UsedUp, now);
+                }
                 entry.delete();
             } else {
                 parent_key = new_parent;
@@ -968,6 +1049,7 @@ impl Store {
         if merged.as_ref() == before {
             return;
         }
+        self.observe_change(id, before, merged.as_ref(), source, now);
         // A child is indexed under its parent so a later delete of the parent finds it.
         if let Some(parent) = parent_key {
             let holder: &mut Shard = match parent_shard.as_mut() {
@@ -981,7 +1063,7 @@ impl Store {
                 .insert(id.clone());
         }
         if let Some(entry) = &merged
-            && (record == Record::Every || entry.is_deleted())
+            && (source.record() == Record::Every || entry.is_deleted())
         {
             changes.push((id.clone(), entry.clone()));
         }
@@ -999,16 +1081,44 @@ impl Store {
         id: &Arc<str>,
         now: Millis,
         changes: &mut Vec<Change>,
+        source: Source,
     ) {
-        self.apply_locked(
-            shard,
-            None,
-            id,
-            Entry::tombstone(0),
-            now,
-            changes,
-            Record::Every,
-        );
+        self.apply_locked(shard, None, id, Entry::tombstone(0), now, changes, source);
+    }
+
+    /// Tell the observer what a change did (see [`Observer`]); used-up
+    /// tickets were told of as they were used up.
+    fn observe_change(
+        &self,
+        id: &Arc<str>,
+        before: Option<&Entry>,
+        after: Option<&Entry>,
+        source: Source,
+        now: Millis,
+    ) {
+        if self.observer.get().is_none() {
+            return;
+        }
+        let held = before.and_then(|entry| entry.live().map(|inc| (entry, inc)));
+        match (held, after.and_then(Entry::live)) {
+            (held, Some(inc)) => {
+                let new = held.is_none_or(|(_, old)| old.created != inc.created);
+                if new && source == Source::Write {
+                    self.observe(id, inc, EventKind::Created, now);
+                }
+            }
+            (Some((entry, inc)), None) => match (entry.liveness(now), source) {
+                (Liveness::Expired, _) => {
+                    let idle = now < inc.identity.deadline_ms;
+                    self.observe(id, inc, EventKind::Expired { idle }, now);
+                }
+                (Liveness::Live, Source::Delete(cause)) => {
+                    self.observe(id, inc, EventKind::Deleted(cause), now);
+                }
+                _ => {}
+            },
+            (None, None) => {}
+        }
     }
 
     /// Tombstone every child of every tombstone in `changes`, recursively
@@ -1020,6 +1130,7 @@ impl Store {
         next: &mut usize,
         live: &mut HashSet<Arc<str>>,
         now: Millis,
+        source: Source,
     ) {
         while *next < changes.len() {
             let (parent, entry) = &changes[*next];
@@ -1033,7 +1144,7 @@ impl Store {
                 shard.children.remove(&parent).unwrap_or_default()
             };
             for child in children {
-                let was_live = self.delete_one(&child, Some(&parent), now, changes);
+                let was_live = self.delete_one(&child, Some(&parent), now, changes, source);
                 if was_live && live.contains(&parent) {
                     live.insert(child);
                 }
@@ -1220,6 +1331,13 @@ impl Store {
                     if let Some(parent) = entry.live().and_then(|inc| inc.identity.parent.clone()) {
                         forgotten_children.push((parent, id.clone()));
                     }
+                    if let Some(inc) = entry.live()
+                        && entry.liveness(now) == Liveness::Expired
+                    {
+                        // Expiry held until retention ran out: still an expiry.
+                        let idle = now < inc.identity.deadline_ms;
+                        self.observe(&id, inc, EventKind::Expired { idle }, now);
+                    }
                     shard.replace(&id, None, self.config.skew_budget_ms);
                     report.purged += 1;
                 } else if entry.is_deleted() || entry.liveness(now) == Liveness::Live {
@@ -1235,7 +1353,7 @@ impl Store {
                     after = Some((due, id));
                 } else {
                     report.expired += 1;
-                    self.tombstone_locked(&mut shard, &id, now, &mut changes);
+                    self.tombstone_locked(&mut shard, &id, now, &mut changes, Source::Sweep);
                 }
             }
         }
@@ -1259,7 +1377,7 @@ impl Store {
             });
             if dead {
                 expired += 1;
-                self.tombstone_locked(&mut shard, id, now, &mut changes);
+                self.tombstone_locked(&mut shard, id, now, &mut changes, Source::Sweep);
             }
         }
         self.finish_expiry(changes, Vec::new(), now);
@@ -1274,7 +1392,13 @@ impl Store {
         forgotten_children: Vec<(Arc<str>, Arc<str>)>,
         now: Millis,
     ) {
-        self.cascade(&mut changes, &mut 0, &mut HashSet::new(), now);
+        self.cascade(
+            &mut changes,
+            &mut 0,
+            &mut HashSet::new(),
+            now,
+            Source::Sweep,
+        );
         for (parent, child) in forgotten_children {
             let mut shard = self.lock(self.shard_index(&parent));
             if let Some(children) = shard.children.get_mut(&parent) {

@@ -119,7 +119,10 @@ async fn a_subscriber_the_ring_moved_past_is_told_how_many_it_missed() {
         log.record(EventKind::Created, ticket(&format!("TGT-{n}"), 0), n);
     }
     // Next was 1; the ring keeps 7..=10.
-    assert_eq!(sub.next().await.err(), Some(Ended::FellBehind { missed: 6 }));
+    assert_eq!(
+        sub.next().await.err(),
+        Some(Ended::FellBehind { missed: 6 })
+    );
 }
 
 #[tokio::test]

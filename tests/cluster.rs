@@ -1024,3 +1024,146 @@ async fn two_nodes_restarting_together_do_not_declare_each_other_caught_up() {
     }
     cluster.stop_all().await;
 }
+
+/// Watch every node of `cluster` for TGT expiries; each report lands in the
+/// returned list as (ticket id, reporting node).
+async fn watch_expiries(
+    cluster: &Cluster,
+    nodes: &[usize],
+) -> Arc<std::sync::Mutex<Vec<(String, String)>>> {
+    use tessera_client::{EventType, WatchFilter, WatchItem};
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for &n in nodes {
+        let filter = WatchFilter {
+            kinds: vec!["TGT".into()],
+            events: vec![EventType::Expired],
+            resume_after: None,
+        };
+        let mut stream = cluster.client(n).await.watch(filter).await.expect("watch");
+        let reports = reports.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(item)) = stream.message().await {
+                if let WatchItem::Event(event) = item {
+                    reports
+                        .lock()
+                        .unwrap()
+                        .push((event.ticket.id, event.node_id));
+                }
+            }
+        });
+    }
+    reports
+}
+
+/// Ids reported, with how often.
+fn report_counts(
+    reports: &std::sync::Mutex<Vec<(String, String)>>,
+) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for (id, _) in reports.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Single logout needs each expired TGT reported once across the fleet: in
+/// a 3-node cluster whose every node is watched, every expiry (hard deadline
+/// and idle timeout) is reported, and by one node only, also once the
+/// handoff time has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_expiry_is_reported_by_exactly_one_node_of_the_cluster() {
+    let cluster = Cluster::start(3).await;
+    let reports = watch_expiries(&cluster, &[0, 1, 2]).await;
+    let writer = cluster.client_for_all().await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let id = format!("TGT-{n}-expiry");
+        let ticket = if n % 2 == 0 {
+            NewTicket::new(&id, Duration::from_millis(1_500))
+        } else {
+            NewTicket::new(&id, TEN_MIN).idle(Duration::from_millis(1_000))
+        };
+        writer
+            .put(ticket.payload(b"services".to_vec()))
+            .await
+            .expect("put");
+        ids.push(id);
+    }
+    let all_reported = wait_until(Duration::from_secs(30), || {
+        report_counts(&reports).len() == ids.len()
+    })
+    .await;
+    let counts = report_counts(&reports);
+    assert!(
+        all_reported,
+        "{} of {} expiries reported: {}",
+        counts.len(),
+        ids.len(),
+        cluster.describe()
+    );
+    // Past the handoff time: a second report would have come by now.
+    tokio::time::sleep(tessera::replication::reports::EXPIRY_HANDOFF + Duration::from_secs(2))
+        .await;
+    let counts = report_counts(&reports);
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "reported more than once: {repeated:?}");
+    let reporters: HashSet<String> = reports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, node)| node.clone())
+        .collect();
+    assert!(
+        reporters.len() > 1,
+        "one node reported everything: {reporters:?}"
+    );
+    cluster.stop_all().await;
+}
+
+/// A node killed as its tickets expire cannot report them: the node that is
+/// their arbiter once it is gone does, so no expiry goes unreported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiries_a_killed_node_was_to_report_are_reported_by_another() {
+    let mut cluster = Cluster::start(3).await;
+    let reports = watch_expiries(&cluster, &[0, 1, 2]).await;
+    let writer = cluster.client_for_all().await;
+    let mut ids = Vec::new();
+    let written = Instant::now();
+    for n in 0..90 {
+        let id = format!("TGT-{n}-wave");
+        writer
+            .put(NewTicket::new(&id, Duration::from_millis(2_500)))
+            .await
+            .expect("put");
+        ids.push(id);
+    }
+    // Killed just before the wave: node-0's share is expired on the others'
+    // clocks while their view still names node-0 as its reporter.
+    tokio::time::sleep(Duration::from_millis(2_300).saturating_sub(written.elapsed())).await;
+    cluster.nodes[0].take().expect("node 0").kill().await;
+    let all_reported = wait_until(Duration::from_secs(40), || {
+        report_counts(&reports).len() == ids.len()
+    })
+    .await;
+    let counts = report_counts(&reports);
+    let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    assert!(
+        all_reported,
+        "{} expiries never reported, e.g. {:?}: {}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        cluster.describe()
+    );
+    let stand_ins: u64 = (1..3)
+        .map(|n| {
+            cluster
+                .node(n)
+                .replicator()
+                .stats
+                .watch_handoffs_reported
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    eprintln!("reported by a stand-in: {stand_ins} of {}", ids.len());
+    cluster.stop_all().await;
+}

@@ -800,3 +800,112 @@ async fn acknowledged_writes_survive_kills(sync: &'static str) {
         &lost[..lost.len().min(3)]
     );
 }
+
+/// `tessera watch --json` follows a node's events, one JSON object per line,
+/// and refuses what it cannot do with exit 2.
+#[test]
+fn watch_prints_events_as_json_lines() {
+    use std::io::BufRead;
+    let node = serve(&[], &[]);
+    let mut watcher = Command::new(BIN)
+        .args(["watch", "--json", "--kind", "TGT", "--addr", &node.addr])
+        .env_remove("TESSERA_ADDR")
+        .env_remove("TESSERA_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tessera watch");
+    let stdout = watcher.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines
+                .send(serde_json::from_str(&line).expect("one JSON object per line"))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    // The watcher hears events from the moment it subscribed: put probes
+    // until one shows up, then the events under test.
+    let start = Instant::now();
+    let mut probes = 0;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the watcher printed nothing"
+        );
+        assert_eq!(
+            code(&tessera(
+                &node.addr,
+                &["put", &format!("TGT-probe-{probes}"), "--ttl", "1h"]
+            )),
+            0
+        );
+        probes += 1;
+        if received.recv_timeout(Duration::from_millis(300)).is_ok() {
+            break;
+        }
+    }
+    assert_eq!(
+        code(&tessera(&node.addr, &["put", "ST-ignored", "--ttl", "1m"])),
+        0
+    );
+    assert_eq!(
+        code(&tessera(
+            &node.addr,
+            &[
+                "put",
+                "TGT-w",
+                "--ttl",
+                "1h",
+                "--principal",
+                "alice",
+                "--payload",
+                "services"
+            ]
+        )),
+        0
+    );
+    assert_eq!(code(&tessera(&node.addr, &["delete", "TGT-w"])), 0);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event line");
+        if event["ticket"]["id"] == "TGT-w" {
+            seen.push(event);
+        } else {
+            assert!(
+                event["ticket"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("TGT-probe"),
+                "{event}"
+            );
+        }
+    }
+    assert_eq!(seen[0]["event"], "created");
+    assert_eq!(seen[1]["event"], "deleted");
+    assert_eq!(seen[1]["cause"], "delete");
+    assert_eq!(seen[1]["node_id"], "cli-test");
+    assert_eq!(seen[1]["ticket"]["principal"], "alice");
+    assert!(
+        seen[1]["position"]
+            .as_str()
+            .is_some_and(|p| p.contains('-'))
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
+    let refused = tessera(&node.addr, &["watch", "--resume-after", "nonsense"]);
+    assert_eq!(
+        code(&refused),
+        2,
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("resume_after"));
+}

@@ -5,13 +5,17 @@ use std::path::Path;
 
 use bytes::Bytes;
 use tessera_client::{
-    Client, ClientConfig, ClientTls, Error, ListFilter, NewTicket, NodeStats, Ticket, TicketUpdate,
+    Client, ClientConfig, ClientTls, Error, EventStream, EventType, ListFilter, NewTicket,
+    NodeStats, Ticket, TicketUpdate, WatchFilter,
 };
 
 use super::output::{
     counts_json, counts_text, member_json, member_line, ticket_json, ticket_line, ticket_text,
+    watch_line,
 };
-use super::{Command, Exit, GlobalArgs, ListArgs, PayloadArgs, PutArgs, UpdateArgs};
+use super::{
+    Command, Exit, GlobalArgs, ListArgs, PayloadArgs, PutArgs, UpdateArgs, WatchArgs, WatchEventArg,
+};
 use crate::config::MAX_PAYLOAD_LIMIT;
 use crate::secret::ApiToken;
 
@@ -109,6 +113,7 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
         tls: client_tls(global)?,
         ..ClientConfig::default()
     };
+    let config_for_watch = config.clone();
     let client = Client::connect_with(&global.addr, config).await?;
     let json = global.json;
     match command {
@@ -136,6 +141,10 @@ async fn call(global: &GlobalArgs, command: Command) -> Result<Exit, Failure> {
             print_deleted(client.delete_for(&principal).await?, json)
         }
         Command::List(args) => list(&client, args, json).await?,
+        Command::Watch(args) => {
+            drop(client);
+            watch(global, config_for_watch, args, json).await?
+        }
         Command::Count => {
             let counts = client.count().await?;
             if json {
@@ -327,6 +336,90 @@ fn payload(args: &PayloadArgs) -> Result<Option<Bytes>, Failure> {
         )));
     }
     Ok(Some(Bytes::from(bytes)))
+}
+
+/// `tessera watch`: one stream per address, printed as they come; a stream
+/// that breaks is resumed after its last position. Fails (exit 2 or 3) only
+/// when a node cannot be watched at all at the start.
+async fn watch(
+    global: &GlobalArgs,
+    config: ClientConfig,
+    args: WatchArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    if args.resume_after.is_some() && global.addr.len() > 1 {
+        return Err(Failure::invalid(
+            "--resume-after: positions are per node; give one --addr with it",
+        ));
+    }
+    let filter = WatchFilter {
+        kinds: args.kinds,
+        events: args
+            .events
+            .iter()
+            .map(|event| match event {
+                WatchEventArg::Created => EventType::Created,
+                WatchEventArg::Deleted => EventType::Deleted,
+                WatchEventArg::Expired => EventType::Expired,
+                WatchEventArg::UsedUp => EventType::UsedUp,
+            })
+            .collect(),
+        resume_after: args.resume_after,
+    };
+    let (lines, mut printed) = tokio::sync::mpsc::channel::<String>(256);
+    for addr in &global.addr {
+        let client = Client::connect_with([addr.as_str()], config.clone()).await?;
+        let stream = client.watch(filter.clone()).await?;
+        let (addr, filter, lines) = (addr.clone(), filter.clone(), lines.clone());
+        tokio::spawn(follow(client, addr, stream, filter, lines, json));
+    }
+    drop(lines);
+    let stdout = std::io::stdout();
+    while let Some(line) = printed.recv().await {
+        if writeln!(stdout.lock(), "{line}").is_err() {
+            break; // stdout closed (e.g. piped into `head`)
+        }
+    }
+    Ok(())
+}
+
+/// Print one node's events; when its stream breaks, watch it again after
+/// the last position received, once a second until it answers.
+async fn follow(
+    client: Client,
+    addr: String,
+    mut stream: EventStream,
+    mut filter: WatchFilter,
+    lines: tokio::sync::mpsc::Sender<String>,
+    json: bool,
+) {
+    loop {
+        loop {
+            match stream.message().await {
+                Ok(Some(item)) => {
+                    filter.resume_after = Some(item.position().to_owned());
+                    if lines.send(watch_line(&item, json)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    eprintln!("tessera: watch on {addr} ended; watching again");
+                    break;
+                }
+                Err(error) => {
+                    eprintln!("tessera: watch on {addr} ended: {error}; watching again");
+                    break;
+                }
+            }
+        }
+        stream = loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match client.watch(filter.clone()).await {
+                Ok(stream) => break stream,
+                Err(error) => eprintln!("tessera: watch on {addr}: {error}; retrying"),
+            }
+        };
+    }
 }
 
 async fn list(client: &Client, args: ListArgs, json: bool) -> Result<(), Failure> {

@@ -121,6 +121,11 @@ pub enum Command {
     DeleteFor { principal: String },
     /// List live tickets.
     List(ListArgs),
+    /// Follow ticket events (created, deleted, expired, used up) of every
+    /// node in --addr, one line each, until interrupted; a node's stream that
+    /// breaks is resumed from its last position. Each event is reported by
+    /// one node, so give every node to hear every event.
+    Watch(WatchArgs),
     /// Count tickets, total and per kind.
     Count,
     /// Live TGTs (sessions) of a principal, case-insensitive.
@@ -196,6 +201,27 @@ pub struct ListArgs {
     /// Stop after this many tickets; 0 = all.
     #[arg(long, default_value_t = 0)]
     pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only tickets of this kind (repeatable).
+    #[arg(long = "kind")]
+    pub kinds: Vec<String>,
+    /// Only these events (repeatable).
+    #[arg(long = "event", value_enum)]
+    pub events: Vec<WatchEventArg>,
+    /// Resume after this position (from an earlier line; one --addr only).
+    #[arg(long)]
+    pub resume_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WatchEventArg {
+    Created,
+    Deleted,
+    Expired,
+    UsedUp,
 }
 
 /// Parse the command line and run it.

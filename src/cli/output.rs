@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use tessera_client::{Counts, Member, Ticket};
+use tessera_client::{Counts, EventCause, EventType, Member, Ticket, WatchItem};
 
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
@@ -120,4 +120,71 @@ pub fn member_line(member: &Member) -> String {
         member.version,
         member.tickets,
     )
+}
+
+fn event_name(event: EventType) -> &'static str {
+    match event {
+        EventType::Created => "created",
+        EventType::Deleted => "deleted",
+        EventType::Expired => "expired",
+        EventType::UsedUp => "used-up",
+    }
+}
+
+fn cause_name(cause: EventCause) -> &'static str {
+    match cause {
+        EventCause::Delete => "delete",
+        EventCause::Cascade => "cascade",
+        EventCause::DeleteFor => "delete-for",
+        EventCause::DeleteAll => "delete-all",
+        EventCause::Deadline => "deadline",
+        EventCause::Idle => "idle",
+    }
+}
+
+/// One line of `tessera watch`: an event (`at node event[/cause] ticket
+/// position`, or JSON with the ticket in full) or a gap.
+pub fn watch_line(item: &WatchItem, json: bool) -> String {
+    match item {
+        WatchItem::Event(event) => {
+            let name = event_name(event.event);
+            let cause = event.cause.map(cause_name);
+            if json {
+                json!({
+                    "position": event.position,
+                    "event": name,
+                    "cause": cause,
+                    "at": rfc3339(event.at),
+                    "node_id": event.node_id,
+                    "ticket": ticket_json(&event.ticket),
+                })
+                .to_string()
+            } else {
+                let what = match cause {
+                    Some(cause) => format!("{name}/{cause}"),
+                    None => name.to_owned(),
+                };
+                format!(
+                    "{}\t{}\t{what}\t{}\t{}",
+                    rfc3339(event.at),
+                    event.node_id,
+                    ticket_line(&event.ticket),
+                    event.position
+                )
+            }
+        }
+        WatchItem::Gap {
+            position,
+            missed,
+            reason,
+        } => {
+            if json {
+                json!({"position": position, "gap": {"missed": missed, "reason": reason}})
+                    .to_string()
+            } else {
+                let missed = missed.map_or("an unknown number of".to_owned(), |n| n.to_string());
+                format!("gap\t{missed} events may be missing: {reason}\t{position}")
+            }
+        }
+    }
 }

@@ -125,6 +125,9 @@ pub struct EventLog {
     max_bytes: usize,
     watchers: AtomicUsize,
     closed: AtomicBool,
+    /// Set by the first subscriber: until then nobody can ask for an event,
+    /// so none is recorded and the write path pays nothing for them.
+    wanted: Arc<AtomicBool>,
 }
 
 struct Ring {
@@ -166,6 +169,7 @@ impl EventLog {
             max_bytes,
             watchers: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            wanted: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -183,8 +187,19 @@ impl EventLog {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether events are recorded: since the first subscriber of this run
+    /// (a watcher that resumes from an earlier run gets a gap anyway). Shared
+    /// so the store can skip building events nobody wants.
+    pub fn wanted(&self) -> &Arc<AtomicBool> {
+        &self.wanted
+    }
+
     /// Record an event; the oldest ones go once the ring is over its limits.
+    /// Nothing is recorded before the first subscriber ([`EventLog::wanted`]).
     pub fn record(&self, kind: EventKind, ticket: TicketView, at_ms: Millis) {
+        if !self.wanted.load(Ordering::Acquire) {
+            return;
+        }
         let seq = {
             let mut ring = self.ring();
             let seq = ring.next_seq();
@@ -217,6 +232,7 @@ impl EventLog {
     /// Start reading: at the next event (`after: None`), or after a position a
     /// subscriber got earlier.
     pub fn subscribe(self: &Arc<Self>, after: Option<&str>) -> Result<Subscription, PositionError> {
+        self.wanted.store(true, Ordering::Release);
         let ring = self.ring();
         let (next, gap) = match after {
             None => (ring.next_seq(), None),

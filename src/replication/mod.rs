@@ -341,7 +341,8 @@ impl Replicator {
         });
         let weak = Arc::downgrade(&replicator);
         let observer: std::sync::Weak<dyn crate::store::Observer> = weak;
-        replicator.store.observe_with(observer);
+        let wanted = replicator.events.wanted().clone();
+        replicator.store.observe_with(observer, wanted);
         replicator
     }
 

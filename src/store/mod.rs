@@ -15,7 +15,7 @@ mod shard;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -223,7 +223,8 @@ pub struct Store {
     /// The due time the sweeper sleeps towards; a write with an earlier one wakes it.
     sweep_target_ms: AtomicU64,
     sweep_wake: Notify,
-    observer: OnceLock<Weak<dyn Observer>>,
+    /// Who hears of ticket events, and whether it wants them now.
+    observer: OnceLock<(Weak<dyn Observer>, Arc<AtomicBool>)>,
 }
 
 /// What [`Store::decide_state`] reads: enough to pick a consume's or an
@@ -257,9 +258,17 @@ impl Store {
         }
     }
 
-    /// Tell `observer` of every ticket event from now on (once; see [`Observer`]).
-    pub fn observe_with(&self, observer: Weak<dyn Observer>) {
-        let _ = self.observer.set(observer);
+    /// Tell `observer` of every ticket event from now on, while `wanted`
+    /// is set (once; see [`Observer`]).
+    pub fn observe_with(&self, observer: Weak<dyn Observer>, wanted: Arc<AtomicBool>) {
+        let _ = self.observer.set((observer, wanted));
+    }
+
+    /// Whether anyone wants ticket events now: checked before any is built.
+    fn observing(&self) -> bool {
+        self.observer
+            .get()
+            .is_some_and(|(_, wanted)| wanted.load(Ordering::Relaxed))
     }
 
     fn observe(
@@ -269,7 +278,10 @@ impl Store {
         what: EventKind,
         now: Millis,
     ) {
-        if let Some(observer) = self.observer.get().and_then(Weak::upgrade) {
+        if !self.observing() {
+            return;
+        }
+        if let Some(observer) = self.observer.get().and_then(|(o, _)| o.upgrade()) {
             observer.observed(id, ticket, what, now);
         }
     }
@@ -1096,7 +1108,7 @@ impl Store {
         source: Source,
         now: Millis,
     ) {
-        if self.observer.get().is_none() {
+        if !self.observing() {
             return;
         }
         let held = before.and_then(|entry| entry.live().map(|inc| (entry, inc)));

@@ -22,6 +22,13 @@ fn ticket(id: &str, payload: usize) -> TicketView {
     }
 }
 
+/// A log that records from the start, as after a first subscriber.
+fn wanted(log: EventLog) -> Arc<EventLog> {
+    log.wanted()
+        .store(true, std::sync::atomic::Ordering::Release);
+    Arc::new(log)
+}
+
 async fn event(sub: &mut Subscription) -> Arc<Event> {
     match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
         Ok(Ok(Delivery::Event(event))) => event,
@@ -31,7 +38,7 @@ async fn event(sub: &mut Subscription) -> Arc<Event> {
 
 #[tokio::test]
 async fn a_subscriber_reads_the_events_recorded_after_it_subscribed_in_order() {
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     log.record(EventKind::Created, ticket("TGT-0", 0), 1);
     let mut sub = log.subscribe(None).unwrap();
     let waiting = tokio::spawn(async move {
@@ -50,7 +57,7 @@ async fn a_subscriber_reads_the_events_recorded_after_it_subscribed_in_order() {
 
 #[tokio::test]
 async fn a_subscriber_resumes_after_its_last_position_without_loss_or_repeat() {
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     for n in 0..5 {
         log.record(EventKind::Created, ticket(&format!("TGT-{n}"), 0), n);
     }
@@ -63,7 +70,7 @@ async fn a_subscriber_resumes_after_its_last_position_without_loss_or_repeat() {
 
 #[tokio::test]
 async fn a_position_older_than_the_ring_resumes_with_a_gap_of_the_missed_count() {
-    let log = Arc::new(EventLog::with_limits(3, usize::MAX));
+    let log = wanted(EventLog::with_limits(3, usize::MAX));
     for n in 0..10 {
         log.record(EventKind::Created, ticket(&format!("TGT-{n}"), 0), n);
     }
@@ -81,9 +88,9 @@ async fn a_position_older_than_the_ring_resumes_with_a_gap_of_the_missed_count()
 
 #[tokio::test]
 async fn a_position_of_another_run_replays_the_ring_after_a_gap_of_unknown_size() {
-    let earlier = Arc::new(EventLog::new());
+    let earlier = wanted(EventLog::new());
     earlier.record(EventKind::Created, ticket("TGT-0", 0), 0);
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     assert_ne!(earlier.epoch(), log.epoch());
     log.record(EventKind::Created, ticket("TGT-1", 0), 1);
     let mut sub = log.subscribe(Some(&earlier.position(1))).unwrap();
@@ -96,7 +103,7 @@ async fn a_position_of_another_run_replays_the_ring_after_a_gap_of_unknown_size(
 
 #[tokio::test]
 async fn bad_and_future_positions_are_refused() {
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     log.record(EventKind::Created, ticket("TGT-0", 0), 0);
     for bad in ["", "12", "xyz-1", "0000000000000001-", "00000000000000zz-1"] {
         assert_eq!(
@@ -113,7 +120,7 @@ async fn bad_and_future_positions_are_refused() {
 
 #[tokio::test]
 async fn a_subscriber_the_ring_moved_past_is_told_how_many_it_missed() {
-    let log = Arc::new(EventLog::with_limits(4, usize::MAX));
+    let log = wanted(EventLog::with_limits(4, usize::MAX));
     let mut sub = log.subscribe(None).unwrap();
     for n in 0..10 {
         log.record(EventKind::Created, ticket(&format!("TGT-{n}"), 0), n);
@@ -127,7 +134,7 @@ async fn a_subscriber_the_ring_moved_past_is_told_how_many_it_missed() {
 
 #[tokio::test]
 async fn the_ring_keeps_within_its_byte_budget() {
-    let log = Arc::new(EventLog::with_limits(usize::MAX, 10_000));
+    let log = wanted(EventLog::with_limits(usize::MAX, 10_000));
     for n in 0..100 {
         log.record(EventKind::Created, ticket(&format!("TGT-{n}"), 1_000), n);
     }
@@ -138,7 +145,7 @@ async fn the_ring_keeps_within_its_byte_budget() {
 
 #[tokio::test]
 async fn closing_the_log_ends_waiting_subscribers() {
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     let mut sub = log.subscribe(None).unwrap();
     let waiting = tokio::spawn(async move { sub.next().await });
     tokio::task::yield_now().await;
@@ -152,7 +159,7 @@ async fn closing_the_log_ends_waiting_subscribers() {
 
 #[test]
 fn watchers_beyond_the_limit_are_refused_until_one_leaves() {
-    let log = Arc::new(EventLog::new());
+    let log = wanted(EventLog::new());
     let slots: Vec<_> = (0..MAX_WATCHERS)
         .map(|_| log.admit_watcher().expect("admitted"))
         .collect();
@@ -160,4 +167,15 @@ fn watchers_beyond_the_limit_are_refused_until_one_leaves() {
     drop(slots);
     assert_eq!(log.watchers(), 0);
     assert!(log.admit_watcher().is_some());
+}
+
+#[tokio::test]
+async fn nothing_is_recorded_before_the_first_subscriber() {
+    let log = Arc::new(EventLog::new());
+    log.record(EventKind::Created, ticket("TGT-0", 0), 0);
+    assert_eq!(log.held().0, 0);
+    let mut sub = log.subscribe(None).unwrap();
+    log.record(EventKind::Created, ticket("TGT-1", 0), 1);
+    assert_eq!(log.held().0, 1);
+    assert_eq!(event(&mut sub).await.ticket.id, "TGT-1");
 }

@@ -14,6 +14,10 @@ use crate::ticket::Limits;
 
 /// Largest payload limit a node accepts: gRPC messages must stay reasonable.
 pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Bounds of `watch_buffer_bytes`.
+pub const MIN_WATCH_BUFFER: usize = 64 * 1024;
+pub const MAX_WATCH_BUFFER: usize = 16 * 1024 * 1024 * 1024;
 /// Most worker threads a node may be given.
 pub const MAX_WORKER_THREADS: usize = 1024;
 
@@ -27,6 +31,9 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Largest payload accepted, in bytes.
     pub max_payload_bytes: usize,
+    /// Bytes of recent ticket events each node keeps for `Watch`
+    /// subscribers to resume from (at most 100,000 events).
+    pub watch_buffer_bytes: usize,
     /// Longest TTL accepted.
     #[serde(deserialize_with = "duration")]
     pub max_ttl: Duration,
@@ -144,6 +151,7 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             node_id: default_node_id(),
             max_payload_bytes: store.limits.max_payload_bytes,
+            watch_buffer_bytes: crate::watch::MAX_BYTES,
             max_ttl: store.limits.max_ttl,
             max_clock_skew: Duration::from_millis(store.skew_budget_ms),
             shards: store.shards,
@@ -223,6 +231,12 @@ impl NodeConfig {
             return invalid(
                 "max_payload_bytes",
                 format!("must be between 1 and {MAX_PAYLOAD_LIMIT}"),
+            );
+        }
+        if !(MIN_WATCH_BUFFER..=MAX_WATCH_BUFFER).contains(&self.watch_buffer_bytes) {
+            return invalid(
+                "watch_buffer_bytes",
+                format!("must be between {MIN_WATCH_BUFFER} and {MAX_WATCH_BUFFER}"),
             );
         }
         if self.max_ttl.is_zero() || self.max_ttl > Duration::from_secs(366 * 24 * 3600) {
@@ -367,6 +381,7 @@ impl NodeConfig {
             write_quorum: self.write_quorum,
             expected_size: self.expected_size(),
             max_clock_skew: self.max_clock_skew,
+            watch_buffer_bytes: self.watch_buffer_bytes,
             ..ReplicationConfig::default()
         }
     }

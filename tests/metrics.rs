@@ -81,6 +81,10 @@ async fn metrics_parse_as_openmetrics_and_move_with_calls() {
         1.0
     );
     assert!(gauge(&before, "tessera_process_resident_memory_bytes", &[]) > 1e6);
+    let watcher = client
+        .watch(tessera_client::WatchFilter::default())
+        .await
+        .unwrap();
 
     for n in 0..3 {
         let id = format!("TGT-scrape-{n}");
@@ -104,6 +108,11 @@ async fn metrics_parse_as_openmetrics_and_move_with_calls() {
     assert_eq!(calls(&after, "consume", "ok"), 0);
     assert_eq!(gauge(&after, "tessera_tickets", &[("kind", "TGT")]), 3.0);
     assert_eq!(gauge(&after, "tessera_tickets", &[("kind", "ST")]), 1.0);
+    // Four puts, four `created` events, for the one watcher.
+    assert_eq!(gauge(&after, "tessera_watch_watchers", &[]), 1.0);
+    assert_eq!(counter(&after, "tessera_watch_events", &[]), 4.0);
+    assert_eq!(gauge(&after, "tessera_watch_events_held", &[]), 4.0);
+    drop(watcher);
     // Every call took some time, and less than the histogram's top bucket.
     let Some(OpenMetricsValue::Histogram(puts)) = value_of(
         &after,

@@ -216,3 +216,58 @@ async fn a_draining_node_ends_its_watchers_with_unavailable() {
     }
     stopping.await.unwrap();
 }
+
+/// A watcher that reads nothing while the node's event buffer turns over is
+/// ended with a message saying how to resume, the node keeps serving, and
+/// resuming after the last position starts with a gap that counts what was
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_too_slow_for_the_buffer_is_ended_and_resumes_after_a_counted_gap() {
+    let config = tessera::config::NodeConfig {
+        watch_buffer_bytes: tessera::config::MIN_WATCH_BUFFER,
+        ..common::config()
+    };
+    let (node, client) = common::start_with(config).await;
+    let mut stalled = watch(&client, WatchFilter::default()).await;
+    let payload = vec![b'x'; 2048];
+    for wave in 0..40 {
+        let puts = (0..100).map(|n| {
+            let ticket = NewTicket::new(format!("TGT-{wave}-{n}-slow"), Duration::from_secs(600))
+                .payload(payload.clone());
+            let client = client.clone();
+            async move { client.put(ticket).await }
+        });
+        for put in futures::future::join_all(puts).await {
+            put.expect("the node keeps serving writes while a watcher stalls");
+        }
+    }
+    // Now read: what was in flight, then the end.
+    let mut last = None;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.message()).await {
+            Ok(Ok(Some(item))) => last = Some(item.position().to_owned()),
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Err(error)) => break error,
+            Err(_) => panic!("the stalled watcher was never ended"),
+        }
+    };
+    assert!(ended.to_string().contains("watcher too slow"), "{ended}");
+    let last = last.expect("some events were in flight");
+    let mut resumed = watch(
+        &client,
+        WatchFilter {
+            resume_after: Some(last),
+            ..WatchFilter::default()
+        },
+    )
+    .await;
+    match resumed.message().await {
+        Ok(Some(WatchItem::Gap {
+            missed: Some(missed),
+            ..
+        })) => assert!(missed > 100, "only {missed} missed"),
+        other => panic!("expected a counted gap, got {other:?}"),
+    }
+    assert_eq!(next_event(&mut resumed).await.event, EventType::Created);
+    common::stop(node).await;
+}

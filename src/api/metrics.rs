@@ -94,7 +94,9 @@ impl std::fmt::Debug for NodeCollector {
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.stats();
-        let gauges: [(&str, &str, i64); 5] = [
+        let events = self.0.replicator.events();
+        let (events_held, events_held_bytes) = events.held();
+        let gauges: [(&str, &str, i64); 8] = [
             (
                 "ready",
                 "1 once the node has joined and caught up",
@@ -120,6 +122,21 @@ impl Collector for NodeCollector {
                 "idle deaths the sweeper could not confirm with enough peers (dead, never served, not yet tombstones)",
                 gauge(stats.idle_deaths_unconfirmed),
             ),
+            (
+                "watch_watchers",
+                "Watch subscribers served now",
+                gauge(events.watchers() as u64),
+            ),
+            (
+                "watch_events_held",
+                "ticket events kept for watchers to resume from",
+                gauge(events_held as u64),
+            ),
+            (
+                "watch_events_held_bytes",
+                "bytes of the ticket events kept (bounded by watch_buffer_bytes)",
+                gauge(events_held_bytes as u64),
+            ),
         ];
         for (name, help, value) in gauges {
             let metric = ConstGauge::new(value);
@@ -127,7 +144,7 @@ impl Collector for NodeCollector {
         }
         let replication = &self.0.replicator.stats;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 23] = [
             (
                 "api_rejections",
                 "ticket calls refused for a missing or wrong API token",
@@ -223,6 +240,21 @@ impl Collector for NodeCollector {
                 "clock_skew_reports",
                 "peer frames whose clock was beyond the skew budget",
                 stats.clock_skew_reports,
+            ),
+            (
+                "watch_events",
+                "ticket events this node reported to watchers (recorded from its first watcher on)",
+                events.newest(),
+            ),
+            (
+                "watch_handoffs_reported",
+                "expiries another node was to report, reported here because it had gone",
+                load(&replication.watch_handoffs_reported),
+            ),
+            (
+                "watch_handoffs_dropped",
+                "expiries kept for another node dropped because too many were kept",
+                load(&replication.watch_handoffs_dropped),
             ),
         ];
         for (name, help, value) in counters {

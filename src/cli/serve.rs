@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Largest payload accepted, in bytes [default: 1048576].
     #[arg(long, env = "TESSERA_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// Bytes of recent ticket events kept for `watch` subscribers to resume
+    /// from (64 KiB to 16 GiB; at most 100,000 events) [default: 67108864].
+    #[arg(long, env = "TESSERA_WATCH_BUFFER_BYTES")]
+    pub watch_buffer_bytes: Option<usize>,
     /// Longest TTL accepted [default: 30d].
     #[arg(long, env = "TESSERA_MAX_TTL", value_parser = parse_duration)]
     pub max_ttl: Option<Duration>,
@@ -148,6 +152,9 @@ impl ServeArgs {
         }
         if let Some(node_id) = &self.node_id {
             config.node_id = node_id.clone();
+        }
+        if let Some(bytes) = self.watch_buffer_bytes {
+            config.watch_buffer_bytes = bytes;
         }
         if let Some(bytes) = self.max_payload_bytes {
             config.max_payload_bytes = bytes;

@@ -111,6 +111,8 @@ pub struct ReplicationConfig {
     pub max_clock_skew: Duration,
     /// Encoded entries per page of a bucket sync (see `anti_entropy`).
     pub sync_page_bytes: usize,
+    /// Bytes of ticket events kept for `Watch` (see [`EventLog`]).
+    pub watch_buffer_bytes: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -121,6 +123,7 @@ impl Default for ReplicationConfig {
             call_timeout: Duration::from_secs(2),
             max_clock_skew: Duration::from_secs(1),
             sync_page_bytes: anti_entropy::SYNC_PAGE_BYTES,
+            watch_buffer_bytes: crate::watch::MAX_BYTES,
         }
     }
 }
@@ -310,6 +313,10 @@ impl Replicator {
     pub fn new(store: Arc<Store>, config: ReplicationConfig) -> Arc<Replicator> {
         let me = store.hlc().node().clone();
         let budget_ms = config.max_clock_skew.as_millis() as Millis;
+        let events = Arc::new(EventLog::with_limits(
+            crate::watch::MAX_EVENTS,
+            config.watch_buffer_bytes,
+        ));
         let replicator = Arc::new(Replicator {
             store,
             me,
@@ -335,7 +342,7 @@ impl Replicator {
                 .collect(),
             stripes: RandomState::new(),
             fenced: AtomicBool::new(false),
-            events: Arc::new(EventLog::new()),
+            events,
             handoffs: Default::default(),
             stats: ReplicationStats::default(),
         });

@@ -7,12 +7,19 @@
 //! - An expiry is seen by every node that holds the ticket (its sweeper, or
 //!   a peer's tombstone of a ticket its own clock saw expire). It is
 //!   reported by the ticket's arbiter ([`Replicator::arbiter`]) as it sees
-//!   it; a node not caught up reports none (its peers do not count it as
-//!   an arbiter). Every other node keeps the event as a *handoff* for
-//!   [`EXPIRY_HANDOFF`]: if the arbiter it named has left its view by then
-//!   (killed: it may have died before reporting), the arbiter among those
-//!   left reports it instead. An arbiter that reported and then died is
-//!   reported for again: a duplicate, never a loss.
+//!   it; a node catching up, draining or fenced for its clock reports none
+//!   (its peers do not count it as an arbiter). Every other node keeps the
+//!   event as a *handoff* for [`EXPIRY_HANDOFF`]: if the arbiter it named
+//!   has left its view by then (killed: it may have died before reporting),
+//!   the arbiter among those left reports it instead. An arbiter that
+//!   reported and then died is reported for again: a duplicate, not a loss.
+//!
+//! Not reported: events before a node's first watcher (nobody could ask for
+//! them: see `EventLog::wanted`), expiries while the whole cluster is down
+//! (nothing durable says which were reported), and descendants that die
+//! with an expired ancestor (each has its own expiry or none). A node that
+//! missed a touch can report an idle expiry of a ticket a delete elsewhere
+//! removed (both events come).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,8 +63,12 @@ impl Observer for Replicator {
             return;
         }
         let clustered = self.network().is_some();
-        if (clustered && !self.caught_up()) || self.draining.load(Ordering::Acquire) {
-            // Its peers do not count it as an arbiter: they report it.
+        if (clustered && !self.caught_up())
+            || self.draining.load(Ordering::Acquire)
+            || self.fenced.load(Ordering::Acquire)
+        {
+            // Catching up, leaving or fenced for its clock: its peers do not
+            // count it as an arbiter, and one of them reports the expiry.
             return;
         }
         let reporter = self.arbiter(id);

@@ -20,7 +20,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::auth::AuthStats;
-use crate::api::tls::{ApiTls, TlsError, TlsFiles};
+use crate::api::tls::{ApiTls, CertSource, TlsError, TlsSettings};
 use crate::api::{ApiAuth, NodeInfo, TicketApi};
 use crate::clock::{Clock, ClockSync, HlcClock};
 use crate::config::{ConfigError, DiscoveryMode, NodeConfig};
@@ -96,6 +96,9 @@ pub struct NodeOptions {
     pub api_token: Option<ApiToken>,
     /// Drop gossip to and from chosen addresses (in-process partition tests).
     pub gossip_faults: Option<GossipFaults>,
+    /// The TLS certificate chain and key as PEM text (`TESSERA_TLS_CERT`,
+    /// `TESSERA_TLS_KEY`), instead of `tls_cert_file` / `tls_key_file`.
+    pub tls_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The cluster side of a running node.
@@ -323,7 +326,7 @@ pub async fn start_with(
             "the client API is open to anyone who can reach {api_addr}: no API token is set (api_token_file or TESSERA_API_TOKEN)"
         );
     }
-    let tls = api_tls(&config)?;
+    let tls = api_tls(&config, options.tls_pem.clone())?;
     if tls.is_none() && api_token.is_some() && !api_addr.ip().is_loopback() {
         warn!(
             api = %api_addr,
@@ -749,15 +752,31 @@ fn data_cluster_id(secret: Option<&ClusterSecret>) -> String {
 }
 
 /// The client API's TLS, when its files are configured.
-fn api_tls(config: &NodeConfig) -> Result<Option<ApiTls>, ServerError> {
-    match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => ApiTls::load(TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
+fn api_tls(
+    config: &NodeConfig,
+    pem: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Option<ApiTls>, ServerError> {
+    let serve = |cert| {
+        ApiTls::load(TlsSettings {
+            cert,
             client_ca: config.tls_client_ca_file.clone(),
         })
         .map(Some)
-        .map_err(ServerError::from),
+        .map_err(ServerError::from)
+    };
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(_), Some(_)) if pem.is_some() => Err(TlsError::Setting(
+            "give the TLS certificate either as files (tls_cert_file, tls_key_file) or in TESSERA_TLS_CERT and TESSERA_TLS_KEY, not both",
+        )
+        .into()),
+        (None, None) if pem.is_some() => {
+            let (cert, key) = pem.unwrap_or_default();
+            serve(CertSource::Pem { cert, key })
+        }
+        (Some(cert), Some(key)) => serve(CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
         (None, None) if config.tls_client_ca_file.is_some() => {
             Err(TlsError::Setting("tls_client_ca_file needs tls_cert_file and tls_key_file").into())
         }

@@ -8,6 +8,11 @@
 //! to new connections without a restart; connections already open keep the
 //! one they were made with. A pair that does not load is logged and the one in
 //! use kept. The client CA is read at start only.
+//!
+//! The pair may instead be given as PEM text at start ([`CertSource::Pem`],
+//! from `TESSERA_TLS_CERT` and `TESSERA_TLS_KEY`): ECS injects Secrets Manager
+//! values as environment variables only, and a `FROM scratch` task has no
+//! sidecar to write files. Such a pair changes with a new deployment.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,14 +41,48 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress before new connections wait to be accepted.
 const HANDSHAKES_QUEUED: usize = 256;
 
-/// The files TLS is served from.
+/// What TLS is served with.
 #[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub struct TlsSettings {
+    pub cert: CertSource,
     /// Client certificates must be signed by this CA (mTLS); none: no client
     /// certificate is asked for.
     pub client_ca: Option<PathBuf>,
+}
+
+/// Where the certificate chain and its key come from.
+#[derive(Clone)]
+pub enum CertSource {
+    /// PEM files, re-read when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// PEM text given at start (the environment), never re-read.
+    Pem { cert: Vec<u8>, key: Vec<u8> },
+}
+
+/// Names the files or the variables, never the key.
+impl std::fmt::Debug for CertSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertSource::Files { cert, key } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            CertSource::Pem { .. } => f.write_str("Pem(TESSERA_TLS_CERT, TESSERA_TLS_KEY)"),
+        }
+    }
+}
+
+impl CertSource {
+    /// How errors name the certificate and the key.
+    fn names(&self) -> (String, String) {
+        match self {
+            CertSource::Files { cert, key } => {
+                (cert.display().to_string(), key.display().to_string())
+            }
+            CertSource::Pem { .. } => ("TESSERA_TLS_CERT".into(), "TESSERA_TLS_KEY".into()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,27 +104,28 @@ pub struct ApiTls {
 impl ApiTls {
     /// Load the files and build the server configuration (TLS 1.3 and 1.2,
     /// HTTP/2 by ALPN).
-    pub fn load(files: TlsFiles) -> Result<ApiTls, TlsError> {
+    pub fn load(settings: TlsSettings) -> Result<ApiTls, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let (key, stamp) = load_pair(&files, &provider)?;
+        let (key, stamp) = load_pair(&settings.cert, &provider)?;
         let cert = Arc::new(ReloadingCert {
             current: RwLock::new((Arc::new(key), stamp)),
-            files: files.clone(),
+            source: settings.cert.clone(),
             provider: provider.clone(),
         });
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| bad(&files.cert, e))?;
-        let builder = match &files.client_ca {
+            .map_err(|e| bad(&settings.cert.names().0, e))?;
+        let builder = match &settings.client_ca {
             Some(path) => {
+                let name = path.display().to_string();
                 let mut roots = RootCertStore::empty();
-                for ca in certificates(path)? {
-                    roots.add(ca).map_err(|e| bad(path, e))?;
+                for ca in certificates(&name, &read(path)?)? {
+                    roots.add(ca).map_err(|e| bad(&name, e))?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
-                        .map_err(|e| bad(path, e))?;
+                        .map_err(|e| bad(&name, e))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -147,7 +187,7 @@ impl ApiTls {
 /// The certificate served, and the modification times it was read at.
 struct ReloadingCert {
     current: RwLock<(Arc<CertifiedKey>, FileStamp)>,
-    files: TlsFiles,
+    source: CertSource,
     provider: Arc<CryptoProvider>,
 }
 
@@ -157,7 +197,7 @@ type FileStamp = (Option<SystemTime>, Option<SystemTime>);
 impl std::fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReloadingCert")
-            .field("cert", &self.files.cert)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -173,7 +213,10 @@ impl ReloadingCert {
     /// Load the pair again if either file changed; keep the old one if the
     /// new one does not load (a half-written rotation is retried next time).
     fn reload_if_changed(&self) {
-        let stamp = file_stamp(&self.files);
+        if matches!(self.source, CertSource::Pem { .. }) {
+            return;
+        }
+        let stamp = file_stamp(&self.source);
         let unchanged = {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
             current.1 == stamp
@@ -181,10 +224,10 @@ impl ReloadingCert {
         if unchanged {
             return;
         }
-        match load_pair(&self.files, &self.provider) {
+        match load_pair(&self.source, &self.provider) {
             Ok((key, stamp)) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(key), stamp);
-                info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                info!(cert = %self.source.names().0, "TLS certificate reloaded");
             }
             Err(e) => {
                 warn!(error = %e, "TLS certificate changed but does not load; serving the previous one")
@@ -215,9 +258,9 @@ impl Worker for CertReload {
     }
 }
 
-fn bad(path: &Path, why: impl std::fmt::Display) -> TlsError {
+fn bad(name: &str, why: impl std::fmt::Display) -> TlsError {
     TlsError::Bad {
-        path: path.display().to_string(),
+        path: name.to_owned(),
         why: why.to_string(),
     }
 }
@@ -229,38 +272,44 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+/// The certificates in `pem` (from what `name` names).
+fn certificates(name: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(path, format!("not PEM certificates: {e}")))?;
+        .map_err(|e| bad(name, format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
-        return Err(bad(path, "no certificate in the file"));
+        return Err(bad(name, "no PEM certificate in it"));
     }
     Ok(certs)
 }
 
-fn file_stamp(files: &TlsFiles) -> FileStamp {
+fn file_stamp(source: &CertSource) -> FileStamp {
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    (modified(&files.cert), modified(&files.key))
+    match source {
+        CertSource::Files { cert, key } => (modified(cert), modified(key)),
+        CertSource::Pem { .. } => (None, None),
+    }
 }
 
-/// The certificate chain and key of `files`, checked to belong together.
+/// The certificate chain and key of `source`, checked to belong together.
 fn load_pair(
-    files: &TlsFiles,
+    source: &CertSource,
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, FileStamp), TlsError> {
-    let stamp = file_stamp(files);
-    let chain = certificates(&files.cert)?;
-    let key_pem =
-        crate::secret::read_private_file("TLS key", &files.key).map_err(|e| bad(&files.key, e))?;
+    let stamp = file_stamp(source);
+    let (cert_name, key_name) = source.names();
+    let (cert_pem, key_pem) = match source {
+        CertSource::Files { cert, key } => {
+            let key_pem =
+                crate::secret::read_private_file("TLS key", key).map_err(|e| bad(&key_name, e))?;
+            (read(cert)?, key_pem)
+        }
+        CertSource::Pem { cert, key } => (cert.clone(), key.clone()),
+    };
+    let chain = certificates(&cert_name, &cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| bad(&files.key, format!("not a PEM private key: {e}")))?;
-    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        bad(
-            &files.key,
-            format!("does not go with {}: {e}", files.cert.display()),
-        )
-    })?;
+        .map_err(|e| bad(&key_name, format!("not a PEM private key: {e}")))?;
+    let key = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| bad(&key_name, format!("does not go with {cert_name}: {e}")))?;
     Ok((key, stamp))
 }

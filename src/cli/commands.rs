@@ -92,9 +92,12 @@ fn client_tls(global: &GlobalArgs) -> Result<ClientTls, Failure> {
             Failure::invalid(format!("invalid setting {flag}: {}: {e}", path.display()))
         })
     };
-    let ca_pem = match &global.ca_file {
-        Some(path) => Some(read("--ca-file", path)?),
-        None => None,
+    // TESSERA_CA holds the CA as PEM text, for containers that get it as a
+    // variable (an ECS task's health check) rather than as a file.
+    let ca_pem = match (&global.ca_file, std::env::var_os("TESSERA_CA")) {
+        (Some(path), _) => Some(read("--ca-file", path)?),
+        (None, Some(pem)) => Some(pem.as_encoded_bytes().to_vec()),
+        (None, None) => None,
     };
     let identity_pem = match (&global.cert_file, &global.key_file) {
         (Some(cert), Some(key)) => Some((read("--cert-file", cert)?, read("--key-file", key)?)),

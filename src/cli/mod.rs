@@ -76,7 +76,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM file of the CA that signs the nodes' certificates, for https://
-    /// addresses [default: the system's trusted roots].
+    /// addresses; or the PEM text itself in TESSERA_CA [default: the
+    /// system's trusted roots].
     #[arg(long, global = true, env = "TESSERA_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
     /// PEM file of this client's certificate, for nodes that require one (mTLS).

@@ -108,7 +108,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Serve the client API over TLS with this PEM certificate chain (and
-    /// --tls-key-file); re-read within 10 s when the file changes.
+    /// --tls-key-file); re-read within 10 s when the file changes. Or give
+    /// the chain and key as PEM text in TESSERA_TLS_CERT and TESSERA_TLS_KEY
+    /// (as ECS injects secrets; read at start only).
     #[arg(long, env = "TESSERA_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of --tls-cert-file (not world-readable).
@@ -295,6 +297,24 @@ pub async fn run(args: ServeArgs, config: Result<NodeConfig, ConfigError>) -> Ex
         },
         None => None,
     };
+    // The TLS pair as PEM text: how ECS hands over a certificate kept in
+    // Secrets Manager (it injects secrets as variables only).
+    let tls_pem = match (
+        std::env::var_os("TESSERA_TLS_CERT"),
+        std::env::var_os("TESSERA_TLS_KEY"),
+    ) {
+        (Some(cert), Some(key)) => Some((
+            cert.as_encoded_bytes().to_vec(),
+            key.as_encoded_bytes().to_vec(),
+        )),
+        (None, None) => None,
+        _ => {
+            eprintln!(
+                "tessera: invalid setting TESSERA_TLS_CERT: TESSERA_TLS_CERT and TESSERA_TLS_KEY go together"
+            );
+            return Exit::InvalidInput;
+        }
+    };
     let clock = args.clock_offset.map(|offset_ms| {
         warn!(
             offset_ms,
@@ -305,6 +325,7 @@ pub async fn run(args: ServeArgs, config: Result<NodeConfig, ConfigError>) -> Ex
     let options = NodeOptions {
         secret,
         api_token,
+        tls_pem,
         clock,
         ..NodeOptions::default()
     };

@@ -209,6 +209,44 @@ impl TicketStore for Fake {
         Err(Status::unimplemented("sessions_for"))
     }
 
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+    /// A node that fails refuses the call; one that serves sends an expiry
+    /// and a gap, then ends the stream as a draining node does.
+    async fn watch(
+        &self,
+        r: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.record(&r);
+        self.check_token(&r)?;
+        if let Mode::Fail(code, message) = self.mode {
+            return Err(Status::new(code, message));
+        }
+        let expired = pb::WatchEvent {
+            position: "00000000000000ff-7".into(),
+            event: Some(pb::watch_event::Event::Ticket(pb::TicketEvent {
+                r#type: pb::EventType::Expired as i32,
+                cause: pb::EventCause::Idle as i32,
+                at_ms: 1_000,
+                ticket: Some(self.ticket("TGT-1")),
+                node_id: self.name.to_owned(),
+            })),
+        };
+        let gap = pb::WatchEvent {
+            position: "00000000000000ff-9".into(),
+            event: Some(pb::watch_event::Event::Gap(pb::WatchGap {
+                missed: 1,
+                reason: "buffer".into(),
+            })),
+        };
+        let end = Status::unavailable("draining");
+        Ok(Response::new(Box::pin(tokio_stream::iter([
+            Ok(expired),
+            Ok(gap),
+            Err(end),
+        ]))))
+    }
+
     type ListStream = TicketStreamBox;
 
     async fn list(
@@ -825,4 +863,37 @@ async fn a_call_too_big_for_a_batch_goes_alone() {
         batches.iter().filter(|&&n| n == 1).count() >= 4,
         "{batches:?}"
     );
+}
+
+#[tokio::test]
+async fn watch_fails_over_to_a_node_that_answers_and_yields_events_gaps_and_the_end() {
+    use crate::{EventCause, EventType, WatchFilter, WatchItem};
+    let (failing, _) = spawn("failing", Mode::Fail(Code::Unavailable, "not ready")).await;
+    let (live, _) = spawn("live", Mode::Serve).await;
+    let client = client(&[&failing, &live], SECOND).await;
+    let mut events = client
+        .watch(WatchFilter::default())
+        .await
+        .expect("watch fails over");
+    match events.message().await {
+        Ok(Some(WatchItem::Event(event))) => {
+            assert_eq!(event.event, EventType::Expired);
+            assert_eq!(event.cause, Some(EventCause::Idle));
+            assert_eq!(event.ticket.id, "TGT-1");
+            assert_eq!(event.node_id, "live");
+            assert_eq!(event.position, "00000000000000ff-7");
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+    match events.message().await {
+        Ok(Some(WatchItem::Gap {
+            missed, position, ..
+        })) => {
+            assert_eq!((missed, position.as_str()), (Some(1), "00000000000000ff-9"));
+        }
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert!(matches!(events.message().await, Err(Error::Unavailable(_))));
+    // Ended for good: the caller watches again with the last position.
+    assert!(matches!(events.message().await, Ok(None)));
 }

@@ -129,7 +129,37 @@ pub(crate) fn describe(status: &Status) -> String {
     if text.is_empty() {
         text = format!("{:?}", status.code());
     }
+    if refused_our_certificate(&text) {
+        text.push_str(" (the node refused this client's certificate)");
+    }
     text
+}
+
+/// The TLS alerts a server sends when it refuses the client's certificate
+/// (mTLS), as rustls names them in "received fatal alert: ...". rustls sends
+/// `CertificateExpired` for one not valid yet too.
+const CLIENT_CERTIFICATE_ALERTS: &[&str] = &[
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "CertificateRequired",
+];
+
+/// True when `text` says the node sent one of [`CLIENT_CERTIFICATE_ALERTS`]:
+/// the alert's name alone does not say whose certificate it was about.
+fn refused_our_certificate(text: &str) -> bool {
+    const RECEIVED: &str = "received fatal alert: ";
+    text.match_indices(RECEIVED).any(|(at, _)| {
+        let alert = &text[at + RECEIVED.len()..];
+        let name = alert
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .next()
+            .unwrap_or_default();
+        CLIENT_CERTIFICATE_ALERTS.contains(&name)
+    })
 }
 
 /// Iterates over the source chain of a status (not including the status itself).
@@ -239,6 +269,28 @@ mod tests {
                 assert_eq!(m, "tcp connect error: Connection refused (os error 111)")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_client_certificate_is_named_as_such() {
+        let alert = |name: &str| {
+            let mut status = Status::unknown("transport error");
+            status.set_source(Arc::new(io::Error::other(format!(
+                "connection error: received fatal alert: {name}"
+            ))));
+            describe(&status)
+        };
+        assert_eq!(
+            alert("CertificateExpired"),
+            "transport error: connection error: received fatal alert: \
+             CertificateExpired (the node refused this client's certificate)"
+        );
+        assert!(alert("UnknownCA").ends_with("(the node refused this client's certificate)"));
+        // Alerts about something else, and near names, get no such note.
+        for other in ["HandshakeFailure", "BadCertificateHashValue", "DecodeError"] {
+            let message = alert(other);
+            assert!(!message.contains("refused"), "{message}");
         }
     }
 

@@ -16,9 +16,9 @@
 //! an expiry on the ticket's arbiter, so a fleet that watches every node
 //! hears each event once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
@@ -34,6 +34,66 @@ pub const MAX_BYTES: usize = 64 << 20;
 /// Subscribers one node serves at once (each is a task and a small buffer).
 pub const MAX_WATCHERS: usize = 256;
 
+/// Which events some watcher asked for: the ring records only those, so a
+/// fleet that watches TGT expiries pays nothing per service-ticket call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    /// [`EventKind::bit`]s.
+    pub types: u8,
+    /// Ticket kinds; `None`: every kind.
+    pub kinds: Option<HashSet<String>>,
+}
+
+impl Interest {
+    /// Nothing (before the first watcher).
+    pub fn none() -> Interest {
+        Interest {
+            types: 0,
+            kinds: Some(HashSet::new()),
+        }
+    }
+
+    /// Every event of every kind.
+    pub fn all() -> Interest {
+        Interest {
+            types: EventKind::ALL_BITS,
+            kinds: None,
+        }
+    }
+
+    pub fn admits(&self, kind: EventKind, ticket_kind: &str) -> bool {
+        self.types & kind.bit() != 0
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(ticket_kind))
+    }
+
+    /// Whether everything `other` admits, this admits.
+    fn covers(&self, other: &Interest) -> bool {
+        other.types & !self.types == 0
+            && match (&self.kinds, &other.kinds) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(mine), Some(theirs)) => theirs.is_subset(mine),
+            }
+    }
+
+    fn widen(&mut self, other: &Interest) {
+        self.types |= other.types;
+        self.kinds = match (self.kinds.take(), &other.kinds) {
+            (Some(mut mine), Some(theirs)) if mine.len() + theirs.len() <= MAX_KINDS => {
+                mine.extend(theirs.iter().cloned());
+                Some(mine)
+            }
+            _ => None,
+        };
+    }
+}
+
+/// Kinds an [`Interest`] names one by one; past that it takes every kind.
+const MAX_KINDS: usize = 64;
+
 /// What happened to a ticket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -45,6 +105,20 @@ pub enum EventKind {
     Expired { idle: bool },
     /// The use that reached its `max_uses` was taken.
     UsedUp,
+}
+
+impl EventKind {
+    const ALL_BITS: u8 = 0b1111;
+
+    /// This kind's bit in [`Interest::types`].
+    pub fn bit(self) -> u8 {
+        match self {
+            EventKind::Created => 1,
+            EventKind::Deleted(_) => 2,
+            EventKind::Expired { .. } => 4,
+            EventKind::UsedUp => 8,
+        }
+    }
 }
 
 /// Which call removed a deleted ticket.
@@ -128,6 +202,8 @@ pub struct EventLog {
     /// Set by the first subscriber: until then nobody can ask for an event,
     /// so none is recorded and the write path pays nothing for them.
     wanted: Arc<AtomicBool>,
+    /// What the watchers of this run asked for (it only grows).
+    interest: RwLock<Interest>,
 }
 
 struct Ring {
@@ -170,6 +246,7 @@ impl EventLog {
             watchers: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             wanted: Arc::new(AtomicBool::new(false)),
+            interest: RwLock::new(Interest::none()),
         }
     }
 
@@ -194,10 +271,21 @@ impl EventLog {
         &self.wanted
     }
 
+    /// Whether some watcher of this run asked for this event: only those
+    /// are recorded (checked before an event is built).
+    pub fn wants(&self, kind: EventKind, ticket_kind: &str) -> bool {
+        self.wanted.load(Ordering::Acquire)
+            && self
+                .interest
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .admits(kind, ticket_kind)
+    }
+
     /// Record an event; the oldest ones go once the ring is over its limits.
-    /// Nothing is recorded before the first subscriber ([`EventLog::wanted`]).
+    /// Only events some watcher asked for are recorded ([`EventLog::wants`]).
     pub fn record(&self, kind: EventKind, ticket: TicketView, at_ms: Millis) {
-        if !self.wanted.load(Ordering::Acquire) {
+        if !self.wants(kind, &ticket.kind) {
             return;
         }
         let seq = {
@@ -229,9 +317,21 @@ impl EventLog {
         *self.newest.borrow()
     }
 
-    /// Start reading: at the next event (`after: None`), or after a position a
-    /// subscriber got earlier.
-    pub fn subscribe(self: &Arc<Self>, after: Option<&str>) -> Result<Subscription, PositionError> {
+    /// Start reading events `interest` admits: at the next event (`after:
+    /// None`), or after a position a subscriber got earlier. A subscriber
+    /// that asks for more than this run's watchers did before, and resumes,
+    /// may have missed events nobody asked for: it starts with a gap.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        after: Option<&str>,
+        interest: &Interest,
+    ) -> Result<Subscription, PositionError> {
+        let widened = {
+            let mut current = self.interest.write().unwrap_or_else(|e| e.into_inner());
+            let widened = !current.covers(interest);
+            current.widen(interest);
+            widened
+        };
         self.wanted.store(true, Ordering::Release);
         let ring = self.ring();
         let (next, gap) = match after {
@@ -246,6 +346,9 @@ impl EventLog {
                     return Err(PositionError::Ahead(seq));
                 } else if seq + 1 < ring.first {
                     (ring.first, Some(Some(ring.first - seq - 1)))
+                } else if widened {
+                    // Events it wants may not have been recorded.
+                    (seq + 1, Some(None))
                 } else {
                     (seq + 1, None)
                 }

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::ticket;
-use crate::watch::{DeleteCause, Delivery, Ended, Event, EventKind, EventLog};
+use crate::watch::{DeleteCause, Delivery, Ended, Event, EventKind, EventLog, Interest};
 
 /// Events in flight to one watcher.
 pub const WATCH_BUFFER: usize = 16;
@@ -65,6 +65,28 @@ impl Filter {
             kinds: request.kinds.iter().cloned().collect(),
             types: request.types.iter().copied().collect(),
         })
+    }
+
+    /// What the node must record for this watcher.
+    fn interest(&self) -> Interest {
+        let types = if self.types.is_empty() {
+            Interest::all().types
+        } else {
+            [
+                EventKind::Created,
+                EventKind::Deleted(DeleteCause::Delete),
+                EventKind::Expired { idle: false },
+                EventKind::UsedUp,
+            ]
+            .into_iter()
+            .filter(|kind| self.types.contains(&(event_type(*kind) as i32)))
+            .map(EventKind::bit)
+            .fold(0, |bits, bit| bits | bit)
+        };
+        Interest {
+            types,
+            kinds: (!self.kinds.is_empty()).then(|| self.kinds.clone()),
+        }
     }
 
     fn admits(&self, event: &Event) -> bool {
@@ -138,7 +160,7 @@ pub fn watch(
         ))
     })?;
     let mut subscription = log
-        .subscribe(request.resume_after.as_deref())
+        .subscribe(request.resume_after.as_deref(), &filter.interest())
         .map_err(|e| Status::invalid_argument(format!("resume_after: {e}")))?;
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     let (end_tx, end_rx) = oneshot::channel::<Status>();

@@ -57,6 +57,9 @@ pub(super) struct Handoff {
 
 impl Observer for Replicator {
     fn observed(&self, id: &Arc<str>, ticket: &Incarnation, what: EventKind, now: Millis) {
+        if !self.events.wants(what, ticket.identity.kind.as_str()) {
+            return;
+        }
         let view = || TicketView::of(id, ticket);
         if !matches!(what, EventKind::Expired { .. }) {
             self.events.record(what, view(), now);

@@ -169,9 +169,10 @@ fn item(message: pb::WatchEvent) -> Result<WatchItem, Error> {
 
 /// Events streamed by [`Client::watch`](crate::Client::watch), in the order
 /// the node recorded them. It does not end by itself: it yields an error
-/// when the node stops, drops a watcher too slow to keep up, or the
-/// connection breaks; watch again with the last position received as
-/// [`WatchFilter::resume_after`] to get what was missed.
+/// when the node stops, drops a watcher too slow to keep up (both
+/// [`Error::Unavailable`]), or the connection breaks; watch again with the
+/// last position received as [`WatchFilter::resume_after`] to get what was
+/// missed.
 pub struct EventStream {
     inner: Option<Streaming<pb::WatchEvent>>,
 }
@@ -201,7 +202,14 @@ impl Stream for EventStream {
             Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(item(message))),
             Poll::Ready(Some(Err(status))) => {
                 self.inner = None;
-                Poll::Ready(Some(Err(Error::from(status))))
+                // A watch ended for being too slow is to be resumed, not a
+                // bad request: the one place RESOURCE_EXHAUSTED means "retry".
+                let error = if status.code() == tonic::Code::ResourceExhausted {
+                    Error::Unavailable(crate::error::describe(&status))
+                } else {
+                    Error::from(status)
+                };
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => {
                 self.inner = None;

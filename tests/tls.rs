@@ -151,6 +151,25 @@ async fn client(node: &NodeHandle, tls: ClientTls) -> Client {
     .unwrap()
 }
 
+/// The CLI trusting the test CA and presenting `<name>.pem` / `<name>.key`.
+fn cli_presenting(node: &NodeHandle, pki: &Pki, name: &str, args: &[&str]) -> std::process::Output {
+    let (cert, key, ca) = (
+        pki.path(&format!("{name}.pem")),
+        pki.path(&format!("{name}.key")),
+        pki.path("ca.pem"),
+    );
+    let mut all = vec![
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--cert-file",
+        cert.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    cli(node, &all)
+}
+
 fn cli(node: &NodeHandle, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .env_remove("TESSERA_ADDR")
@@ -324,24 +343,7 @@ async fn mtls_refuses_a_client_without_a_certificate_of_its_ca() {
     with.put(NewTicket::new("TGT-m", Duration::from_secs(60)))
         .await
         .unwrap();
-    let (cert, key, ca) = (
-        pki.path("client.pem"),
-        pki.path("client.key"),
-        pki.path("ca.pem"),
-    );
-    let out = cli(
-        &node,
-        &[
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--cert-file",
-            cert.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "get",
-            "TGT-m",
-        ],
-    );
+    let out = cli_presenting(&node, &pki, "client", &["get", "TGT-m"]);
     assert!(out.status.success(), "{out:?}");
     common::stop(node).await;
 }
@@ -442,24 +444,7 @@ async fn mtls_refuses_an_expired_client_certificate_and_logs_why() {
         assert!(refused_or_closed(&e), "{name}: {e}");
         let line = logged(&["TLS handshake refused", reason]).await;
         eprintln!("{name}: client: {e}\n{name}: node: {line}");
-        let (cert, key, ca) = (
-            pki.path(&format!("{name}.pem")),
-            pki.path(&format!("{name}.key")),
-            pki.path("ca.pem"),
-        );
-        let out = cli(
-            &node,
-            &[
-                "--ca-file",
-                ca.to_str().unwrap(),
-                "--cert-file",
-                cert.to_str().unwrap(),
-                "--key-file",
-                key.to_str().unwrap(),
-                "get",
-                "TGT-c",
-            ],
-        );
+        let out = cli_presenting(&node, &pki, name, &["get", "TGT-c"]);
         assert_eq!(out.status.code(), Some(3), "{name}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(refused_or_closed(&stderr), "{name}: {stderr}");

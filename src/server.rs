@@ -200,6 +200,8 @@ impl NodeHandle {
         // Watch streams never end by themselves: end them, so the server
         // can finish its calls (watchers resume on another node).
         self.node.replicator.events().close();
+        // Sessions too: each answers the batches it read, then ends.
+        self.node.leaving.send_replace(true);
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
@@ -402,7 +404,9 @@ pub async fn start_with(
         auth_stats: auth_stats.clone(),
         batches: AtomicU64::new(0),
         batched_calls: AtomicU64::new(0),
+        sessions: AtomicU64::new(0),
         calls: crate::api::metrics::CallMetrics::default(),
+        leaving: tokio::sync::watch::Sender::new(false),
     });
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)

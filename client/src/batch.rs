@@ -1,8 +1,9 @@
-//! Natural batching: the ticket calls of concurrent callers share `Batch` RPCs.
+//! Natural batching: the ticket calls of concurrent callers share batches.
 //!
 //! Every node has one batcher task. A caller queues its call and waits for its
-//! own outcome; the task sends whatever is queued as one `Batch` RPC as soon as
-//! one of [`MAX_IN_FLIGHT`] slots is free. At low load each call therefore
+//! own outcome; the task sends whatever is queued as one batch as soon as one
+//! of [`MAX_IN_FLIGHT`] slots is free: on the node's `Session` stream (see
+//! `session`), or as a `Batch` RPC to a node without one. At low load each call therefore
 //! goes out alone at once (no added wait), and under load the calls that
 //! arrive while earlier batches are on the wire go out together, paying one
 //! HTTP/2 stream, one server task and one wake-up for all of them: per call,
@@ -12,8 +13,9 @@
 //! would have had, and a failure of the whole batch (a broken connection, a
 //! timeout, a refused token) reaches every call in it as its own failure, so
 //! the failover rules (see `failover`) apply to each call unchanged. A node
-//! that does not know `Batch` (an older version during a rolling deploy) is
-//! sent each call as its own RPC for [`UNARY_FALLBACK`], then asked again.
+//! that knows neither `Session` nor `Batch` (an older version during a rolling
+//! deploy) is sent each call as its own RPC for [`UNARY_FALLBACK`], then
+//! asked again.
 
 use std::error::Error as _;
 use std::future::Future;
@@ -32,6 +34,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::client::authorized;
+use crate::session::{NotSent, Sessions};
 
 /// Batches on the wire to one node at once: two keep the node busy (one is
 /// served while the next fills); more only make batches smaller, and each
@@ -73,6 +76,8 @@ struct Link {
     unary_until: Mutex<Option<Instant>>,
     /// Whether the node behind the current connection has answered a batch.
     knows_batch: AtomicBool,
+    /// The node's `Session` stream, the transport of choice.
+    sessions: Sessions,
 }
 
 impl Batcher {
@@ -87,6 +92,7 @@ impl Batcher {
             authorization,
             unary_until: Mutex::new(None),
             knows_batch: AtomicBool::new(false),
+            sessions: Sessions::default(),
         });
         tokio::spawn(run(link, calls));
         Batcher { queue }
@@ -168,16 +174,13 @@ async fn run(link: Arc<Link>, mut calls: mpsc::UnboundedReceiver<Queued>) {
 }
 
 impl Link {
-    /// Sends one batch and hands every caller its reply.
+    /// Sends one batch and hands every caller its reply: on the node's
+    /// session, or as a `Batch` RPC to a node without sessions.
     async fn send(&self, batch: Vec<Queued>) {
         if self.unary_now() {
             return send_unary(self, batch).await;
         }
         let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
-        // Until this node has answered a batch, keep the calls: an older node
-        // answers UNIMPLEMENTED without acting on any, and they go again alone.
-        let kept = (!self.knows_batch.load(Ordering::Relaxed))
-            .then(|| batch.iter().map(|q| q.call.clone()).collect::<Vec<Call>>());
         let (calls, replies): (Vec<pb::BatchCall>, Vec<Waiting>) = batch
             .into_iter()
             .map(|q| {
@@ -188,6 +191,25 @@ impl Link {
                 (pb::BatchCall { call: Some(q.call) }, waiting)
             })
             .unzip();
+        let open = |requests| authorized(requests, self.authorization.as_ref());
+        let sent = self
+            .sessions
+            .send(&self.grpc, open, calls, replies, timeout);
+        if let Err(NotSent::Unsupported(calls, replies)) = sent.await {
+            self.send_batch(calls, replies, timeout).await;
+        }
+    }
+
+    /// One `Batch` RPC.
+    async fn send_batch(
+        &self,
+        calls: Vec<pb::BatchCall>,
+        replies: Vec<Waiting>,
+        timeout: Duration,
+    ) {
+        // Until this node has answered a batch, keep the calls: an older node
+        // answers UNIMPLEMENTED without acting on any, and they go again alone.
+        let kept = (!self.knows_batch.load(Ordering::Relaxed)).then(|| calls.clone());
         let request = self.request(pb::BatchRequest { calls }, timeout);
         match self.grpc.clone().batch(request).await {
             Ok(response) => {
@@ -214,10 +236,12 @@ impl Link {
                         let again = calls
                             .into_iter()
                             .zip(replies)
-                            .map(|(call, w)| Queued {
-                                call,
-                                timeout: w.timeout,
-                                reply: w.reply,
+                            .filter_map(|(call, w)| {
+                                Some(Queued {
+                                    call: call.call?,
+                                    timeout: w.timeout,
+                                    reply: w.reply,
+                                })
                             })
                             .collect();
                         send_unary(self, again).await;
@@ -281,8 +305,8 @@ impl Link {
 }
 
 /// A caller waiting for the reply to a call that is on the wire.
-struct Waiting {
-    reply: oneshot::Sender<Reply>,
+pub(crate) struct Waiting {
+    pub(crate) reply: oneshot::Sender<Reply>,
     timeout: Duration,
 }
 
@@ -296,14 +320,14 @@ async fn send_unary(link: &Link, batch: Vec<Queued>) {
 }
 
 /// The same failure for every call of a batch.
-fn reply_all(replies: Vec<Waiting>, status: &Status) {
+pub(crate) fn reply_all(replies: Vec<Waiting>, status: &Status) {
     for waiting in replies {
         let _ = waiting.reply.send(Err(status.clone()));
     }
 }
 
 /// A call's outcome, with its error as the status its own RPC would have had.
-fn outcome_reply(outcome: pb::BatchOutcome) -> Reply {
+pub(crate) fn outcome_reply(outcome: pb::BatchOutcome) -> Reply {
     match outcome.outcome {
         Some(Outcome::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
         Some(outcome) => Ok(outcome),

@@ -139,6 +139,7 @@ mod client;
 mod convert;
 mod error;
 mod failover;
+mod session;
 mod stream;
 mod types;
 mod watch;

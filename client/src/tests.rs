@@ -44,6 +44,8 @@ struct Stats {
     calls: AtomicUsize,
     /// Calls of each `Batch` RPC received, refused ones included.
     batches: Mutex<Vec<usize>>,
+    /// `Session` streams asked for (all refused as UNIMPLEMENTED).
+    session_opens: AtomicUsize,
     grpc_timeouts: Mutex<Vec<Option<String>>>,
     authorizations: Mutex<Vec<Option<String>>>,
 }
@@ -320,6 +322,18 @@ impl TicketStore for Fake {
             });
         }
         Ok(Response::new(pb::BatchResponse { outcomes }))
+    }
+
+    type SessionStream = futures_util::stream::Empty<Result<pb::SessionResponse, Status>>;
+
+    /// Every fake is of the version before `Session`: the client's batches
+    /// reach it as `Batch` RPCs (sessions are tested against real nodes).
+    async fn session(
+        &self,
+        _: Request<tonic::Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.stats.session_opens.fetch_add(1, Ordering::SeqCst);
+        Err(Status::unimplemented(""))
     }
 }
 
@@ -790,6 +804,8 @@ async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
         }
     }
     assert_eq!(stats.calls(), CALLS, "every call answered exactly once");
+    // A node without `Session` is asked once; its refusal holds for a while.
+    assert_eq!(stats.session_opens.load(Ordering::SeqCst), 1);
     let batches = stats.batches();
     assert_eq!(batches.iter().sum::<usize>(), CALLS);
     // At most MAX_IN_FLIGHT batches wait on the slow node at once; the calls queued

@@ -144,7 +144,7 @@ impl Collector for NodeCollector {
         }
         let replication = &self.0.replicator.stats;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 23] = [
+        let counters: [(&str, &str, u64); 24] = [
             (
                 "api_rejections",
                 "ticket calls refused for a missing or wrong API token",
@@ -195,12 +195,17 @@ impl Collector for NodeCollector {
                 "times the node fenced itself for its clock",
                 stats.clock_fences,
             ),
-            ("batches", "Batch RPCs answered", stats.batches),
+            (
+                "batches",
+                "batches answered (Batch RPCs and session batches)",
+                stats.batches,
+            ),
             (
                 "batched_calls",
-                "ticket calls carried by Batch RPCs",
+                "ticket calls carried by batches",
                 stats.batched_calls,
             ),
+            ("sessions", "Session streams opened", stats.sessions),
             (
                 "sweeper_tombstones",
                 "live tickets the sweeper turned into tombstones (expired, idle, used up)",

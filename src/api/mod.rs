@@ -10,6 +10,7 @@
 pub mod auth;
 mod convert;
 pub mod metrics;
+mod session;
 mod status;
 pub mod tls;
 mod watch;
@@ -24,16 +25,16 @@ use tessera_proto::v1::batch_call::Call;
 use tessera_proto::v1::batch_outcome::Outcome;
 use tessera_proto::v1::ticket_store_server::TicketStore;
 use tessera_proto::v1::{
-    BatchOutcome, BatchRequest, BatchResponse, CallError, ConsumeRequest, CountRequest,
+    BatchCall, BatchOutcome, BatchRequest, BatchResponse, ConsumeRequest, CountRequest,
     CountResponse, DeleteAllRequest, DeleteForRequest, DeleteRequest, DeleteResponse, GetRequest,
-    ListRequest, Member, MembersRequest, MembersResponse, NodeStats, PutRequest,
+    ListRequest, Member, MembersRequest, MembersResponse, NodeStats, PutRequest, SessionRequest,
     SessionsForRequest, SessionsForResponse, StatsRequest, Ticket, TouchRequest, UpdateRequest,
     WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::membership::Membership;
 use crate::peer::net::PeerNet;
@@ -68,11 +69,15 @@ pub struct NodeInfo {
     pub peer_net: Option<Arc<PeerNet>>,
     /// Refusals of the API token check, for [`TicketStore::stats`].
     pub auth_stats: Arc<AuthStats>,
-    /// `Batch` RPCs answered and the calls they carried.
+    /// Batches answered (`Batch` RPCs and session batches) and their calls.
     pub batches: AtomicU64,
     pub batched_calls: AtomicU64,
+    /// `Session` streams opened.
+    pub sessions: AtomicU64,
     /// Ticket calls by operation and outcome, with latencies (`/metrics`).
     pub calls: CallMetrics,
+    /// Set to true when the node leaves: open sessions stop reading and end.
+    pub leaving: tokio::sync::watch::Sender<bool>,
 }
 
 impl NodeInfo {
@@ -105,12 +110,14 @@ impl NodeInfo {
             bad_records: load(&replication.bad_records),
             batches: load(&self.batches),
             batched_calls: load(&self.batched_calls),
+            sessions: load(&self.sessions),
             idle_deaths_unconfirmed: load(&replication.idle_deaths_unconfirmed),
         }
     }
 }
 
-/// The gRPC service.
+/// The gRPC service; cheap to clone (a session owns a clone).
+#[derive(Clone)]
 pub struct TicketApi {
     node: Arc<NodeInfo>,
     store: Arc<Store>,
@@ -233,12 +240,29 @@ impl TicketApi {
             // A call this version does not know, from a newer client.
             None => Err(Status::unimplemented("unknown call in batch")),
         };
-        answer.unwrap_or_else(|status| {
-            Outcome::Error(CallError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
+        answer.unwrap_or_else(|status| Outcome::Error(session::call_error(&status)))
+    }
+
+    /// The calls of one `Batch` RPC or session batch, run concurrently, each
+    /// with its own outcome; refused whole (none looked at) when too many.
+    async fn run_batch(&self, calls: Vec<BatchCall>) -> Result<Vec<BatchOutcome>, Status> {
+        if calls.len() > MAX_BATCH_CALLS {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} calls: at most {MAX_BATCH_CALLS}",
+                calls.len()
+            )));
+        }
+        self.node.batches.fetch_add(1, Ordering::Relaxed);
+        self.node
+            .batched_calls
+            .fetch_add(calls.len() as u64, Ordering::Relaxed);
+        let outcomes = join_all(calls.into_iter().map(|c| self.batch_call(c.call))).await;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| BatchOutcome {
+                outcome: Some(outcome),
             })
-        })
+            .collect())
     }
 }
 
@@ -279,26 +303,26 @@ impl TicketStore for TicketApi {
         &self,
         request: Request<BatchRequest>,
     ) -> Result<Response<BatchResponse>, Status> {
-        let calls = request.into_inner().calls;
-        if calls.len() > MAX_BATCH_CALLS {
-            return Err(Status::invalid_argument(format!(
-                "batch of {} calls: at most {MAX_BATCH_CALLS}",
-                calls.len()
-            )));
+        let outcomes = self.run_batch(request.into_inner().calls).await?;
+        Ok(Response::new(BatchResponse { outcomes }))
+    }
+
+    type SessionStream = session::SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        if self.node.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable(session::SESSION_DRAINING));
         }
-        self.node.batches.fetch_add(1, Ordering::Relaxed);
-        self.node
-            .batched_calls
-            .fetch_add(calls.len() as u64, Ordering::Relaxed);
-        let outcomes = join_all(calls.into_iter().map(|c| self.batch_call(c.call))).await;
-        Ok(Response::new(BatchResponse {
-            outcomes: outcomes
-                .into_iter()
-                .map(|outcome| BatchOutcome {
-                    outcome: Some(outcome),
-                })
-                .collect(),
-        }))
+        let leaving = self.node.leaving.subscribe();
+        self.node.sessions.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(session::session(
+            self.clone(),
+            request.into_inner(),
+            leaving,
+        )))
     }
 
     async fn delete_all(

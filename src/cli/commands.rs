@@ -206,6 +206,7 @@ fn stats_fields(stats: &NodeStats) -> Vec<(String, serde_json::Value)> {
         ("clock_fences", stats.clock_fences),
         ("batches", stats.batches),
         ("batched_calls", stats.batched_calls),
+        ("sessions", stats.sessions),
         ("idle_deaths_unconfirmed", stats.idle_deaths_unconfirmed),
     ];
     let mut fields = vec![

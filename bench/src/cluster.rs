@@ -20,6 +20,7 @@ use tessera_client::{Client, ClientConfig, NewTicket};
 use tokio::time::Instant;
 
 use crate::load::Ids;
+use crate::machine;
 use crate::memory;
 use crate::report::{self, ms, thousands};
 use crate::stats::{OpStats, OpSummary, median};
@@ -211,24 +212,10 @@ impl Fleet {
 
     /// User plus system CPU seconds of node `n` so far (0 if unknown).
     fn cpu_secs(&self, n: usize) -> f64 {
-        let Some(child) = &self.children[n] else {
-            return 0.0;
-        };
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces): state is the
-        // first, utime the 12th, stime the 13th; in clock ticks (USER_HZ, 100).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        self.children[n]
+            .as_ref()
+            .and_then(|child| machine::cpu_secs(child.id()).ok())
+            .unwrap_or(0.0)
     }
 
     fn token(&self) -> anyhow::Result<String> {

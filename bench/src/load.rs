@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::machine::CpuTimes;
+use crate::machine::{self, CpuTimes, ProcessCpu};
 use crate::stats::{OpMap, OpStats, OpSummary};
 use crate::target::Conn;
 
@@ -103,6 +103,10 @@ pub struct Round {
     /// generator and anything else): how close to saturation a latency was taken.
     #[serde(default)]
     pub cpu_busy: Option<f64>,
+    /// CPU the target's server process used over the round, when its PID was
+    /// given: per operation (of "all") and in cores.
+    #[serde(default)]
+    pub server_cpu: Option<ProcessCpu>,
     /// Per operation, plus "all" for every operation together.
     pub ops: BTreeMap<String, OpSummary>,
     /// Every operation, when the spec keeps them (not in the JSON).
@@ -376,12 +380,15 @@ async fn client_loop(
 }
 
 /// Runs one phase (warm-up or measured) of `spec` on the given connections.
+/// With `server_pid`, reads that process's CPU time just before the clock
+/// starts (after any prefill) and just after the last client is done.
 pub async fn run_phase(
     conns: &[Conn],
     spec: &Spec,
     duration: Duration,
     ops: Option<u64>,
     tag: &str,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<Round> {
     let spec = Arc::new(spec.clone());
     let ids = Ids::new(tag);
@@ -416,6 +423,7 @@ pub async fn run_phase(
         .map(|r| Duration::from_secs_f64(clients as f64 / r));
     let stats: Vec<OpMap> = (0..clients).map(|_| spec.workload.fresh_stats()).collect();
     let cpu_at_start = CpuTimes::read();
+    let server_cpu_at_start = server_pid.map(machine::cpu_secs).transpose()?;
     let start = Instant::now();
     let bounds = Arc::new(Bounds {
         end: start + duration,
@@ -461,6 +469,7 @@ pub async fn run_phase(
         }
     }
     let elapsed = start.elapsed();
+    let server_cpu_at_end = server_pid.map(machine::cpu_secs).transpose()?;
     let cpu_busy = CpuTimes::read()
         .zip(cpu_at_start)
         .and_then(|(now, then)| now.busy_since(&then));
@@ -470,10 +479,17 @@ pub async fn run_phase(
         all.merge(s);
         ops.insert((*name).to_owned(), s.summary(elapsed));
     }
-    ops.insert("all".to_owned(), all.summary(elapsed));
+    let all = all.summary(elapsed);
+    let server_cpu = server_cpu_at_start
+        .zip(server_cpu_at_end)
+        .and_then(|(before, after)| {
+            ProcessCpu::between(before, after, all.count, elapsed.as_secs_f64())
+        });
+    ops.insert("all".to_owned(), all);
     Ok(Round {
         elapsed_secs: elapsed.as_secs_f64(),
         cpu_busy,
+        server_cpu,
         ops,
         samples,
     })

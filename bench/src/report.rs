@@ -26,12 +26,26 @@ pub fn ms(v: f64) -> String {
     }
 }
 
-/// A ratio `a / b` as `1.23x`, or `-` when undefined.
 /// A fraction as a whole percentage, or "-" when unknown.
 pub fn percent(fraction: Option<f64>) -> String {
     fraction.map_or_else(|| "-".to_owned(), |f| format!("{:.0}%", f * 100.0))
 }
 
+/// Microseconds (CPU per operation), two decimals below 10, or "-" when unknown.
+pub fn micros(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 10.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.1}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Cores kept busy, two decimals, or "-" when unknown.
+pub fn cores(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// A ratio `a / b` as `1.23x`, or `-` when undefined.
 pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a.is_finite() {
         format!("{:.2}x", a / b)
@@ -137,6 +151,11 @@ mod tests {
         assert_eq!(ms(12.34), "12.3");
         assert_eq!(ratio(3.0, 2.0), "1.50x");
         assert_eq!(ratio(1.0, 0.0), "-");
+        assert_eq!(micros(Some(7.256)), "7.26");
+        assert_eq!(micros(Some(21.04)), "21.0");
+        assert_eq!(micros(None), "-");
+        assert_eq!(cores(Some(0.956)), "0.96");
+        assert_eq!(cores(None), "-");
     }
 
     #[test]

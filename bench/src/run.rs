@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::load::{self, Round, Spec, Workload};
-use crate::report::{self, ms, percent, ratio, thousands};
+use crate::machine;
+use crate::report::{self, cores, micros, ms, percent, ratio, thousands};
 use crate::stats::{self, OpSummary, median_summary};
 use crate::target::{Conn, Sharing, Target};
 
@@ -21,6 +22,14 @@ pub struct RunArgs {
     /// A second target run in the same process, in alternating rounds.
     #[arg(long)]
     pub compare: Option<Target>,
+    /// PID of --target's server process: its CPU time (utime + stime of
+    /// /proc/PID/stat) is read around each measured phase, for the server's
+    /// CPU microseconds per operation and cores used.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
+    /// PID of --compare's server process (as --target-pid).
+    #[arg(long, requires = "compare")]
+    pub compare_pid: Option<u32>,
     #[arg(long, value_enum, default_value = "cas")]
     pub workload: Workload,
     /// Virtual clients (Redis: one connection each).
@@ -101,6 +110,12 @@ pub struct TargetFigures {
     pub median: BTreeMap<String, OpSummary>,
     /// Median over the rounds of the machine's busy fraction ([`Round::cpu_busy`]).
     pub cpu_busy_median: Option<f64>,
+    /// The server process whose CPU was read (--target-pid / --compare-pid).
+    pub pid: Option<u32>,
+    /// Medians over the rounds of [`Round::server_cpu`]: the server's CPU
+    /// microseconds per operation and the cores it kept busy.
+    pub server_cpu_us_per_op_median: Option<f64>,
+    pub server_cores_median: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -108,7 +123,8 @@ pub struct RunFigures {
     pub spec: Spec,
     pub sharing: Sharing,
     pub targets: Vec<TargetFigures>,
-    /// First target over second, per operation: ops/s and latencies.
+    /// First target over second, per operation: ops/s and latencies (and, for
+    /// "all", `server_cpu_us_per_op` when both PIDs were given).
     pub ratios: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
@@ -157,10 +173,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tessera: args.tessera_conns,
         redis: args.redis_conns,
     };
-    let mut targets: Vec<(Target, Vec<Conn>)> = Vec::new();
-    for t in std::iter::once(&args.target).chain(args.compare.as_ref()) {
+    let mut targets: Vec<(Target, Vec<Conn>, Option<u32>)> = Vec::new();
+    let named = [
+        (Some(&args.target), args.target_pid),
+        (args.compare.as_ref(), args.compare_pid),
+    ];
+    for (t, pid) in named {
+        let Some(t) = t else { continue };
+        if let Some(pid) = pid {
+            // A wrong PID fails here, not after the warm-up.
+            machine::cpu_secs(pid).map_err(|e| anyhow::anyhow!("{}: {e}", t.label()))?;
+        }
         let conns = t.connect(args.clients, sharing, token.as_deref()).await?;
-        targets.push((t.clone(), conns));
+        targets.push((t.clone(), conns, pid));
     }
     // The measured phase's bound: the duration, or a generous cap with --ops.
     let duration = if args.ops.is_some() {
@@ -169,13 +194,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.duration
     };
     if !args.warmup.is_zero() {
-        for (t, conns) in &targets {
+        for (t, conns, _) in &targets {
             let mut warm = spec.clone();
             if matches!(warm.workload, Workload::Consume | Workload::Delete) {
                 warm.workload = Workload::Put;
             }
             eprintln!("warm-up {} {}", t.label(), args.warmup.as_secs_f64());
-            load::run_phase(conns, &warm, args.warmup, None, "w").await?;
+            load::run_phase(conns, &warm, args.warmup, None, "w", None).await?;
         }
     }
     let mut latency_log = match &args.latency_log {
@@ -189,9 +214,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             order.reverse();
         }
         for i in order {
-            let (t, conns) = &targets[i];
+            let (t, conns, pid) = &targets[i];
             let mut round =
-                load::run_phase(conns, &spec, duration, args.ops, &format!("r{r}")).await?;
+                load::run_phase(conns, &spec, duration, args.ops, &format!("r{r}"), *pid).await?;
             if let Some(log) = &mut latency_log {
                 for x in std::mem::take(&mut round.samples) {
                     writeln!(
@@ -207,14 +232,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             let all = &round.ops["all"];
             eprintln!(
-                "round {} {:<8} {:>10} ops/s  p50 {} ms  p99 {} ms  errors {}  cpu busy {}",
+                "round {} {:<8} {:>10} ops/s  p50 {} ms  p99 {} ms  errors {}  cpu busy {}  server cpu {} us/op {} cores",
                 r + 1,
                 t.kind(),
                 thousands(all.ops_per_sec),
                 ms(all.p50_ms),
                 ms(all.p99_ms),
                 all.errors,
-                percent(round.cpu_busy)
+                percent(round.cpu_busy),
+                micros(round.server_cpu.and_then(|c| c.us_per_op)),
+                cores(round.server_cpu.and_then(|c| c.cores)),
             );
             rounds[i].push(round);
         }
@@ -223,7 +250,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         log.flush()?;
     }
     let mut figures = Vec::new();
-    for ((t, _), rounds) in targets.iter().zip(rounds) {
+    for ((t, _, pid), rounds) in targets.iter().zip(rounds) {
         let mut names: Vec<String> = rounds.iter().flat_map(|r| r.ops.keys().cloned()).collect();
         names.sort();
         names.dedup();
@@ -232,14 +259,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let per: Vec<&OpSummary> = rounds.iter().filter_map(|r| r.ops.get(&name)).collect();
             median.insert(name, median_summary(&per));
         }
-        let busy: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_busy).collect();
-        let cpu_busy_median = (!busy.is_empty()).then(|| stats::median(&busy));
+        let median_of = |f: fn(&Round) -> Option<f64>| {
+            let values: Vec<f64> = rounds.iter().filter_map(f).collect();
+            (!values.is_empty()).then(|| stats::median(&values))
+        };
+        let cpu_busy_median = median_of(|r| r.cpu_busy);
+        let server_cpu_us_per_op_median = median_of(|r| r.server_cpu.and_then(|c| c.us_per_op));
+        let server_cores_median = median_of(|r| r.server_cpu.and_then(|c| c.cores));
         figures.push(TargetFigures {
             target: t.label(),
             kind: t.kind().to_owned(),
             rounds,
             median,
             cpu_busy_median,
+            pid: *pid,
+            server_cpu_us_per_op_median,
+            server_cores_median,
         });
     }
     let mut ratios = BTreeMap::new();
@@ -247,13 +282,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         for (name, x) in &a.median {
             if let Some(y) = b.median.get(name) {
                 let div = |p: f64, q: f64| if q > 0.0 { p / q } else { f64::NAN };
-                let m = BTreeMap::from([
+                let mut m = BTreeMap::from([
                     ("ops_per_sec".to_owned(), div(x.ops_per_sec, y.ops_per_sec)),
                     ("p50_ms".to_owned(), div(x.p50_ms, y.p50_ms)),
                     ("p90_ms".to_owned(), div(x.p90_ms, y.p90_ms)),
                     ("p99_ms".to_owned(), div(x.p99_ms, y.p99_ms)),
                     ("p999_ms".to_owned(), div(x.p999_ms, y.p999_ms)),
                 ]);
+                if name == "all"
+                    && let (Some(p), Some(q)) =
+                        (a.server_cpu_us_per_op_median, b.server_cpu_us_per_op_median)
+                {
+                    m.insert("server_cpu_us_per_op".to_owned(), div(p, q));
+                }
                 ratios.insert(name.clone(), m);
             }
         }
@@ -311,6 +352,15 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
         "delete_tgt",
     ];
     names.sort_by_key(|n| order.iter().position(|o| o == n).unwrap_or(order.len()));
+    // The server's CPU covers every operation of the phase, so it is on the
+    // "all" rows only.
+    let server = |name: &str, v: Option<f64>, show: fn(Option<f64>) -> String| {
+        if name == "all" {
+            show(v)
+        } else {
+            String::new()
+        }
+    };
     for name in names {
         for f in figures {
             if let Some(s) = f.median.get(name) {
@@ -318,6 +368,8 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
                     name.clone(),
                     f.kind.clone(),
                     thousands(s.ops_per_sec),
+                    server(name, f.server_cpu_us_per_op_median, micros),
+                    server(name, f.server_cores_median, cores),
                     ms(s.p50_ms),
                     ms(s.p90_ms),
                     ms(s.p99_ms),
@@ -329,10 +381,20 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
         if let [a, b] = figures
             && let (Some(x), Some(y)) = (a.median.get(name), b.median.get(name))
         {
+            let cpu_ratio = match (a.server_cpu_us_per_op_median, b.server_cpu_us_per_op_median) {
+                (Some(p), Some(q)) => format!("**{}**", ratio(p, q)),
+                _ => "-".to_owned(),
+            };
             rows.push(vec![
                 name.clone(),
                 format!("**{} / {}**", a.kind, b.kind),
                 format!("**{}**", ratio(x.ops_per_sec, y.ops_per_sec)),
+                if name == "all" {
+                    cpu_ratio
+                } else {
+                    String::new()
+                },
+                String::new(),
                 ratio(x.p50_ms, y.p50_ms),
                 ratio(x.p90_ms, y.p90_ms),
                 format!("**{}**", ratio(x.p99_ms, y.p99_ms)),
@@ -343,7 +405,16 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
     }
     let mut md = report::table(
         &[
-            "op", "target", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors",
+            "op",
+            "target",
+            "ops/s",
+            "server CPU us/op",
+            "server cores",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "errors",
         ],
         &rows,
     );
@@ -359,6 +430,9 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
         .iter()
         .map(|f| format!("{} {}", f.kind, percent(f.cpu_busy_median)))
         .collect();
+    md.push_str(
+        "\nServer CPU us/op: user + system CPU time of the target's server process (`/proc/PID/stat`, all its threads) over each measured phase, per operation completed in it; server cores: that CPU time per second of the phase (`-`: no PID given). It holds better than ops/s when the machine is shared, though it still falls as load rises and batching or pipelining spreads more of the work.\n",
+    );
     md.push_str(&format!(
         "\nMachine CPU busy during the rounds (all cores; server, load generator and anything else; median): {}.\n",
         busy.join(", ")
@@ -375,4 +449,90 @@ fn markdown(figures: &[TargetFigures], spec: &Spec, rounds: usize) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::ProcessCpu;
+
+    fn figures(kind: &str, ops_per_sec: f64, cpu: Option<ProcessCpu>) -> TargetFigures {
+        let all = OpSummary {
+            count: 1000,
+            ops_per_sec,
+            ..OpSummary::default()
+        };
+        let round = Round {
+            elapsed_secs: 1.0,
+            cpu_busy: None,
+            server_cpu: cpu,
+            ops: BTreeMap::from([("all".to_owned(), all.clone())]),
+            samples: Vec::new(),
+        };
+        TargetFigures {
+            target: format!("{kind}://x"),
+            kind: kind.to_owned(),
+            rounds: vec![round],
+            median: BTreeMap::from([("all".to_owned(), all)]),
+            cpu_busy_median: None,
+            pid: cpu.map(|_| 1),
+            server_cpu_us_per_op_median: cpu.and_then(|c| c.us_per_op),
+            server_cores_median: cpu.and_then(|c| c.cores),
+        }
+    }
+
+    fn spec() -> Spec {
+        Spec {
+            workload: Workload::Put,
+            clients: 1,
+            duration: Duration::from_secs(1),
+            ops: None,
+            rate: None,
+            tgt_payload: 0,
+            st_payload: 0,
+            payload: 0,
+            services: 0,
+            logout_ratio: 1.0,
+            keys_per_client: 0,
+            prefill: 0,
+            keep_samples: false,
+        }
+    }
+
+    #[test]
+    fn server_cpu_columns_and_their_ratio() {
+        let cpu = |us| ProcessCpu::between(0.0, us * 1000.0 / 1e6, 1000, 1.0);
+        let md = markdown(
+            &[
+                figures("tessera", 2000.0, cpu(20.0)),
+                figures("redis", 1000.0, cpu(10.0)),
+            ],
+            &spec(),
+            1,
+        );
+        assert!(
+            md.contains("| ops/s | server CPU us/op | server cores |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| all | tessera | 2,000 | 20.0 | 0.02 |"),
+            "{md}"
+        );
+        assert!(md.contains("| all | redis | 1,000 | 10.0 | 0.01 |"), "{md}");
+        assert!(md.contains("| **2.00x** | **2.00x** |  |"), "{md}");
+    }
+
+    #[test]
+    fn without_pids_the_server_cpu_columns_show_a_dash() {
+        let md = markdown(
+            &[
+                figures("tessera", 2000.0, None),
+                figures("redis", 1000.0, None),
+            ],
+            &spec(),
+            1,
+        );
+        assert!(md.contains("| all | tessera | 2,000 | - | - |"), "{md}");
+        assert!(md.contains("| **2.00x** | - |  |"), "{md}");
+    }
 }

@@ -166,19 +166,21 @@ pub const NOT_READY: &str = "not ready: this node has not caught up with its clu
 impl TicketApi {
     /// Run one ticket call, counted in [`NodeInfo::calls`] with its outcome
     /// and latency.
-    async fn observed<T>(
-        &self,
-        op: Op,
-        call: impl Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
+    async fn observed<T, Fut>(&self, op: Op, call: impl FnOnce() -> Fut) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let started = Instant::now();
-        let outcome = call.await;
+        // Made here rather than passed in: a future passed to an async fn is
+        // kept twice in its state (as the argument and as what is awaited),
+        // and every call's future is moved by the batch path.
+        let outcome = call().await;
         self.node.calls.observe(op, &outcome, started.elapsed());
         outcome
     }
 
     async fn put_call(&self, request: PutRequest) -> Result<Ticket, Status> {
-        self.observed(Op::Put, async {
+        self.observed(Op::Put, move || async move {
             let view = self.serving()?.put(put_ticket(request)).await;
             Ok(ticket(view.map_err(to_status)?))
         })
@@ -186,7 +188,7 @@ impl TicketApi {
     }
 
     async fn get_call(&self, request: GetRequest) -> Result<Ticket, Status> {
-        self.observed(Op::Get, async {
+        self.observed(Op::Get, move || async move {
             let view = self.serving()?.get(&request.id).await;
             Ok(ticket(view.map_err(to_status)?))
         })
@@ -194,7 +196,7 @@ impl TicketApi {
     }
 
     async fn touch_call(&self, request: TouchRequest) -> Result<Ticket, Status> {
-        self.observed(Op::Touch, async {
+        self.observed(Op::Touch, move || async move {
             let view = self.serving()?.touch(&request.id).await;
             Ok(ticket(view.map_err(to_status)?))
         })
@@ -202,7 +204,7 @@ impl TicketApi {
     }
 
     async fn consume_call(&self, request: ConsumeRequest) -> Result<Ticket, Status> {
-        self.observed(Op::Consume, async {
+        self.observed(Op::Consume, move || async move {
             let view = self.serving()?.consume(&request.id).await;
             Ok(ticket(view.map_err(to_status)?))
         })
@@ -210,7 +212,7 @@ impl TicketApi {
     }
 
     async fn update_call(&self, request: UpdateRequest) -> Result<Ticket, Status> {
-        self.observed(Op::Update, async {
+        self.observed(Op::Update, move || async move {
             let id = request.id.clone();
             let view = self.serving()?.update(&id, update_ticket(request)).await;
             Ok(ticket(view.map_err(to_status)?))
@@ -219,7 +221,7 @@ impl TicketApi {
     }
 
     async fn delete_call(&self, request: DeleteRequest) -> Result<DeleteResponse, Status> {
-        self.observed(Op::Delete, async {
+        self.observed(Op::Delete, move || async move {
             let deleted = self.serving()?.delete(&request.id).await;
             Ok(DeleteResponse {
                 deleted: deleted.map_err(to_status)?,
@@ -330,7 +332,7 @@ impl TicketStore for TicketApi {
         _request: Request<DeleteAllRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let deleted = self
-            .observed(Op::DeleteAll, async {
+            .observed(Op::DeleteAll, move || async move {
                 self.serving()?.delete_all().await.map_err(to_status)
             })
             .await?;
@@ -343,7 +345,7 @@ impl TicketStore for TicketApi {
     ) -> Result<Response<DeleteResponse>, Status> {
         let principal = request.into_inner().principal;
         let deleted = self
-            .observed(Op::DeleteFor, async {
+            .observed(Op::DeleteFor, move || async move {
                 self.serving()?
                     .delete_for(&principal)
                     .await

@@ -22,7 +22,7 @@ pub(crate) mod votes;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -299,7 +299,7 @@ pub struct Replicator {
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
     /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
-    stripes: RandomState,
+    stripes: foldhash::fast::RandomState,
     /// The last [`Replicator::clock_fenced`] verdict, to log each change once.
     fenced: AtomicBool,
     /// The ticket events this node reports to `Watch` subscribers.
@@ -340,7 +340,7 @@ impl Replicator {
             deciders: (0..DECIDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            stripes: RandomState::new(),
+            stripes: foldhash::fast::RandomState::default(),
             fenced: AtomicBool::new(false),
             events,
             handoffs: Default::default(),
@@ -947,7 +947,21 @@ impl Replicator {
                 Err(quorum_error(1, quorum))
             };
         };
-        let records = records_of();
+        // Boxed: see `fetch_from_peers`.
+        Box::pin(self.push_to_peers(network, peers, records_of(), needed, quorum)).await?;
+        Ok(value)
+    }
+
+    /// Push `records` to `peers` (and this node's journal); return once
+    /// `needed` peers hold them.
+    async fn push_to_peers(
+        &self,
+        network: Arc<dyn PeerNetwork>,
+        peers: Vec<NodeId>,
+        records: Vec<EntryRecord>,
+        needed: usize,
+        quorum: usize,
+    ) -> Result<(), StoreError> {
         let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(peers.len());
         for peer in peers {
             let network = network.clone();
@@ -985,7 +999,7 @@ impl Replicator {
             }
         }
         if acked >= needed {
-            Ok(value)
+            Ok(())
         } else {
             Err(quorum_error(acked + 1, quorum))
         }
@@ -1030,7 +1044,15 @@ impl Replicator {
 
     /// Ask every live peer for `ids` (at most [`PUSH_BATCH`]) and merge what
     /// they hold. Returns how many peers answered within the call timeout.
-    async fn fetch_from_peers(&self, ids: &[String]) -> usize {
+    ///
+    /// Boxed, as every path to the peers: inline, its state would be part of
+    /// every call's future, which the API's batches move around (a 6 KiB
+    /// future per call made copying 16% of the node's work).
+    fn fetch_from_peers<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, usize> {
+        Box::pin(self.fetch_from_peers_now(ids))
+    }
+
+    async fn fetch_from_peers_now(&self, ids: &[String]) -> usize {
         let Some(network) = self.network().cloned() else {
             return 0;
         };
@@ -1117,7 +1139,8 @@ impl Replicator {
                 id: id.to_owned(),
                 op: Some(op.clone()),
             });
-            match network.call(&arbiter, request).await {
+            // Boxed: see `fetch_from_peers`.
+            match Box::pin(network.call(&arbiter, request)).await {
                 // Refused before any work (just restarted, fenced): as if
                 // unreachable, decide here; the votes keep it safe.
                 Ok(Body::Decided(decided)) if refused_unacted(&decided) => {
@@ -1293,7 +1316,7 @@ impl Replicator {
             Ok(())
         } else if refused {
             // Votes split, or a proposer holds the slot that never finished.
-            self.recover_slot(id, current, slot, &proposal).await
+            Box::pin(self.recover_slot(id, current, slot, &proposal)).await
         } else {
             Err(SlotLoss::Failed(
                 self.no_majority(granted, majority, reason),

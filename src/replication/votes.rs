@@ -125,8 +125,10 @@ impl SlotVotes {
 /// forgotten; with a data directory, also in its log (each change, synced
 /// before it is answered) so that they outlive a restart.
 pub struct VoteBook {
-    /// Each slot's votes and when they may be forgotten.
-    votes: HashMap<SlotKey, (SlotVotes, Millis)>,
+    /// Each slot's votes and when they may be forgotten. Keyed by ids of
+    /// stored tickets (chosen by the SSO server, not by its users), so a
+    /// fast seeded hash rather than SipHash.
+    votes: HashMap<SlotKey, (SlotVotes, Millis), foldhash::fast::RandomState>,
     /// (forget at, slot), for dropping old votes without a scan.
     expiry: BTreeSet<(Millis, SlotKey)>,
     /// The latest wall clock of a proposal this node accepted (R2 bounds it by
@@ -148,7 +150,7 @@ pub enum Ballot {
 impl VoteBook {
     pub fn new(skew_budget_ms: Millis) -> VoteBook {
         VoteBook {
-            votes: HashMap::new(),
+            votes: HashMap::default(),
             expiry: BTreeSet::new(),
             latest_proposal_ms: 0,
             skew_budget_ms,

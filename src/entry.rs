@@ -26,7 +26,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crdts::{CmRDT, CvRDT, LWWReg, VClock};
+use crdts::{CmRDT, CvRDT, Dot, LWWReg, VClock};
 
 use crate::clock::{Millis, Stamp};
 use crate::ticket::Kind;
@@ -245,50 +245,58 @@ impl CvRDT for Entry {
     }
 
     fn merge(&mut self, other: Entry) {
+        self.merge_from(&other);
+    }
+}
+
+impl Entry {
+    /// The merge (`self ⊔ other`), reading `other` in place: only the parts of
+    /// `other` that win are cloned. The store merges what it holds into the
+    /// incoming entry this way, and an incoming local write or newer peer copy
+    /// wins whole, so the stored entry (payload and all) is not copied just to
+    /// be merged and dropped.
+    pub fn merge_from(&mut self, other: &Entry) {
         self.retain_until_ms = self.retain_until_ms.max(other.retain_until_ms);
-        let mine = std::mem::replace(&mut self.state, State::Deleted);
-        self.state = match (mine, other.state) {
-            (State::Deleted, _) | (_, State::Deleted) => State::Deleted,
-            (State::Live(mut a), State::Live(b)) => {
-                if b.created > a.created {
-                    State::Live(b)
-                } else {
-                    if a.created == b.created {
-                        a.merge_same_incarnation(*b);
-                    }
-                    State::Live(a)
+        match (&mut self.state, &other.state) {
+            (State::Deleted, _) => {}
+            (_, State::Deleted) => self.state = State::Deleted,
+            (State::Live(mine), State::Live(theirs)) => {
+                if theirs.created > mine.created {
+                    mine.clone_from(theirs);
+                } else if mine.created == theirs.created {
+                    mine.merge_same_incarnation(theirs);
                 }
             }
-        };
+        }
     }
 }
 
 impl Incarnation {
-    fn merge_same_incarnation(&mut self, other: Incarnation) {
+    fn merge_same_incarnation(&mut self, other: &Incarnation) {
         // Same stamp means same put, so identities agree; the max keeps the merge
         // deterministic even if a corrupted peer disagrees.
         if other.identity > self.identity {
-            self.identity = other.identity;
+            self.identity.clone_from(&other.identity);
         }
-        self.payload.merge(other.payload);
+        // The payload register's merge (`LWWReg::update`): the greater stamp wins.
+        if self.payload.marker < other.payload.marker {
+            self.payload.clone_from(&other.payload);
+        }
         self.last_used.merge(other.last_used);
-        self.uses.merge(other.uses);
+        self.uses.merge_from(&other.uses);
     }
 }
 
-/// Merge `incoming` into what the store holds (`existing`) as of `now_ms`.
+/// Merge what the store holds (`existing`) into `incoming` as of `now_ms`
+/// (merging commutes, so this is `existing ⊔ incoming`).
 ///
 /// Returns `None` when the result is past retention: the store then forgets the
 /// id, and a stale copy arriving later is ignored the same way.
-pub fn merge_at(existing: Option<Entry>, incoming: Entry, now_ms: Millis) -> Option<Entry> {
-    let merged = match existing {
-        Some(mut entry) => {
-            entry.merge(incoming);
-            entry
-        }
-        None => incoming,
-    };
-    (now_ms < merged.retain_until_ms).then_some(merged)
+pub fn merge_at(existing: Option<&Entry>, mut incoming: Entry, now_ms: Millis) -> Option<Entry> {
+    if let Some(existing) = existing {
+        incoming.merge_from(existing);
+    }
+    (now_ms < incoming.retain_until_ms).then_some(incoming)
 }
 
 /// Uses recorded by each node: a grow-only counter per node (a `VClock`).
@@ -330,10 +338,21 @@ impl CvRDT for Uses {
     }
 
     fn merge(&mut self, other: Uses) {
-        match (&mut self.0, other.0) {
+        self.merge_from(&other);
+    }
+}
+
+impl Uses {
+    /// The merge, reading `other` in place (each node's count: the greater).
+    fn merge_from(&mut self, other: &Uses) {
+        match (&mut self.0, &other.0) {
             (_, None) => {}
-            (None, Some(theirs)) => self.0 = Some(theirs),
-            (Some(mine), Some(theirs)) => mine.merge(*theirs),
+            (None, Some(theirs)) => self.0 = Some(theirs.clone()),
+            (Some(mine), Some(theirs)) => {
+                for (node, &count) in &theirs.dots {
+                    mine.apply(Dot::new(node.clone(), count));
+                }
+            }
         }
     }
 }
@@ -511,8 +530,8 @@ mod tests {
         /// merge, and dropping gives the same answer in either order.
         #[test]
         fn expired_past_retention_is_dropped(a in arb_entry(), b in arb_entry(), now in 0u64..2_100) {
-            let ab = merge_at(Some(a.clone()), b.clone(), now);
-            let ba = merge_at(Some(b.clone()), a.clone(), now);
+            let ab = merge_at(Some(&a), b.clone(), now);
+            let ba = merge_at(Some(&b), a.clone(), now);
             prop_assert_eq!(&ab, &ba);
             let retain = a.retain_until_ms.max(b.retain_until_ms);
             prop_assert_eq!(ab.is_none(), now >= retain);

@@ -1036,7 +1036,7 @@ impl Store {
             );
             locked
         });
-        let mut merged = merge_at(before.cloned(), incoming, now);
+        let mut merged = merge_at(before, incoming, now);
         let mut parent_key = None;
         if let Some(entry) = merged.as_mut()
             && let Some(inc) = entry.live()

@@ -488,16 +488,7 @@ async fn a_batch_answers_each_call_as_its_own_rpc_would_in_order() {
             .map(|call| pb::BatchCall { call })
             .collect(),
     };
-    let codes = |outcomes: &[pb::BatchOutcome]| -> Vec<i32> {
-        outcomes
-            .iter()
-            .map(|o| match &o.outcome {
-                Some(Outcome::Error(e)) => e.code,
-                Some(_) => 0,
-                None => -1,
-            })
-            .collect()
-    };
+    let codes = common::outcome_codes;
 
     let first = raw
         .batch(batch(vec![

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tessera_client::NewTicket;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::batch_call::Call;
-use tessera_proto::v1::batch_outcome::Outcome;
 use tessera_proto::v1::ticket_store_client::TicketStoreClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -75,18 +74,6 @@ fn consume(id: &str) -> Call {
     Call::Consume(pb::ConsumeRequest { id: id.into() })
 }
 
-/// 0 for a ticket or deletion, the status code for an error.
-fn codes(outcomes: &[pb::BatchOutcome]) -> Vec<i32> {
-    outcomes
-        .iter()
-        .map(|o| match &o.outcome {
-            Some(Outcome::Error(e)) => e.code,
-            Some(_) => 0,
-            None => -1,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn each_batch_is_answered_once_under_its_id_with_each_calls_outcome() {
     let (node, client) = common::start().await;
@@ -95,7 +82,10 @@ async fn each_batch_is_answered_once_under_its_id_with_each_calls_outcome() {
 
     session.send(7, vec![put("ST-1-s1"), put("ST-1-s2")]).await;
     let first = session.answer().await;
-    assert_eq!((first.id, codes(&first.outcomes)), (7, vec![0, 0]));
+    assert_eq!(
+        (first.id, common::outcome_codes(&first.outcomes)),
+        (7, vec![0, 0])
+    );
     assert!(first.refused.is_none());
 
     // Two consumes of a one-use ticket in one batch, and a consume of a
@@ -109,10 +99,13 @@ async fn each_batch_is_answered_once_under_its_id_with_each_calls_outcome() {
         .await;
     let second = session.answer().await;
     assert_eq!(second.id, 8);
-    let mut won = codes(&second.outcomes[..2]);
+    let mut won = common::outcome_codes(&second.outcomes[..2]);
     won.sort();
     assert_eq!(won, [0, Code::NotFound as i32], "{second:?}");
-    assert_eq!(codes(&second.outcomes[2..]), [Code::NotFound as i32]);
+    assert_eq!(
+        common::outcome_codes(&second.outcomes[2..]),
+        [Code::NotFound as i32]
+    );
 
     // Too many calls: refused whole, none acted on, and the session serves on.
     let too_many = (0..=tessera::api::MAX_BATCH_CALLS)

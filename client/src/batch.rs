@@ -72,12 +72,39 @@ pub(crate) struct Batcher {
 struct Link {
     grpc: TicketStoreClient<Channel>,
     authorization: Option<AsciiMetadataValue>,
-    /// Until when the node gets single RPCs instead of batches.
-    unary_until: Mutex<Option<Instant>>,
+    /// While set, the node gets single RPCs instead of batches.
+    unary: Fallback,
     /// Whether the node behind the current connection has answered a batch.
     knows_batch: AtomicBool,
     /// The node's `Session` stream, the transport of choice.
     sessions: Sessions,
+}
+
+/// A node that lacks a newer RPC is sent the older one for a while (then the
+/// newer is tried again: the node may have been upgraded in place).
+#[derive(Default)]
+pub(crate) struct Fallback {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Fallback {
+    /// Use the older RPC for the next `period`.
+    pub(crate) fn start(&self, period: Duration) {
+        *self.until.lock().expect("fallback lock") = Some(Instant::now() + period);
+    }
+
+    /// Whether the older RPC is in use now.
+    pub(crate) fn active(&self) -> bool {
+        let mut until = self.until.lock().expect("fallback lock");
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 impl Batcher {
@@ -90,7 +117,7 @@ impl Batcher {
         let link = Arc::new(Link {
             grpc,
             authorization,
-            unary_until: Mutex::new(None),
+            unary: Fallback::default(),
             knows_batch: AtomicBool::new(false),
             sessions: Sessions::default(),
         });
@@ -177,7 +204,7 @@ impl Link {
     /// Sends one batch and hands every caller its reply: on the node's
     /// session, or as a `Batch` RPC to a node without sessions.
     async fn send(&self, batch: Vec<Queued>) {
-        if self.unary_now() {
+        if self.unary.active() {
             return send_unary(self, batch).await;
         }
         let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
@@ -229,8 +256,7 @@ impl Link {
             }
             Err(status) if status.code() == Code::Unimplemented && status.source().is_none() => {
                 // An older node, which acted on none of the calls.
-                *self.unary_until.lock().expect("unary_until lock") =
-                    Some(Instant::now() + UNARY_FALLBACK);
+                self.unary.start(UNARY_FALLBACK);
                 match kept {
                     Some(calls) => {
                         let again = calls
@@ -262,19 +288,6 @@ impl Link {
                 }
                 reply_all(replies, &status);
             }
-        }
-    }
-
-    /// Whether this node gets single RPCs for now.
-    fn unary_now(&self) -> bool {
-        let mut until = self.unary_until.lock().expect("unary_until lock");
-        match *until {
-            Some(at) if Instant::now() < at => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
         }
     }
 

@@ -23,12 +23,11 @@ use std::time::Duration;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::ticket_store_client::TicketStoreClient;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use crate::batch::{Waiting, outcome_reply, reply_all};
+use crate::batch::{Fallback, Waiting, outcome_reply, reply_all};
 
 /// How long a node that answered `Session` with UNIMPLEMENTED gets `Batch` RPCs.
 const BATCH_FALLBACK: Duration = Duration::from_secs(60);
@@ -40,8 +39,8 @@ const QUEUE: usize = 4;
 #[derive(Default)]
 pub(crate) struct Sessions {
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
-    /// Until when the node gets `Batch` RPCs instead.
-    batch_until: Mutex<Option<Instant>>,
+    /// While set, the node gets `Batch` RPCs instead.
+    batch_only: Fallback,
 }
 
 /// One open stream: where batches go, and who waits for which answer.
@@ -148,7 +147,7 @@ impl Sessions {
             return Ok(Arc::clone(session));
         }
         *current = None;
-        if self.batch_only() {
+        if self.batch_only.active() {
             return Err(Opened::Unsupported);
         }
         let (requests, outgoing) = mpsc::channel(QUEUE);
@@ -167,24 +166,10 @@ impl Sessions {
                 Ok(session)
             }
             Err(status) if status.code() == Code::Unimplemented && status.source().is_none() => {
-                *self.batch_until.lock().expect("batch_until lock") =
-                    Some(Instant::now() + BATCH_FALLBACK);
+                self.batch_only.start(BATCH_FALLBACK);
                 Err(Opened::Unsupported)
             }
             Err(status) => Err(Opened::Failed(status)),
-        }
-    }
-
-    /// Whether the node gets `Batch` RPCs for now.
-    fn batch_only(&self) -> bool {
-        let mut until = self.batch_until.lock().expect("batch_until lock");
-        match *until {
-            Some(at) if Instant::now() < at => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
         }
     }
 }

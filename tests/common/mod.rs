@@ -84,3 +84,17 @@ pub async fn health(node: &NodeHandle) -> i32 {
         .into_inner()
         .status
 }
+
+/// Each batch outcome as a number to compare: 0 for a ticket or deletion, the
+/// status code for an error, -1 for no outcome.
+pub fn outcome_codes(outcomes: &[tessera_proto::v1::BatchOutcome]) -> Vec<i32> {
+    use tessera_proto::v1::batch_outcome::Outcome;
+    outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            Some(Outcome::Error(e)) => e.code,
+            Some(_) => 0,
+            None => -1,
+        })
+        .collect()
+}

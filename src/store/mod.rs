@@ -443,7 +443,7 @@ impl Store {
         for index in 0..self.shards.len() {
             let shard = self.lock(index);
             for (kind, n) in &shard.kinds {
-                *counts.by_kind.entry(kind.clone()).or_default() += n;
+                *counts.by_kind.entry(kind.to_string()).or_default() += n;
                 counts.total += n;
             }
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::digest::{BUCKETS, bucket_of, entry_digest};
 use crate::clock::Millis;
 use crate::entry::{Entry, State, StoredDigest};
+use crate::ticket::Kind;
 
 /// Entries of one shard and their indexes.
 pub(super) struct Shard {
@@ -24,7 +25,7 @@ pub(super) struct Shard {
     /// Lower-cased principal -> ids in this shard that are not deleted.
     pub by_principal: HashMap<String, BTreeSet<Arc<str>>>,
     /// Non-deleted entries of this shard per kind (`count` sums these).
-    pub kinds: HashMap<String, u64>,
+    pub kinds: HashMap<Kind, u64>,
     /// Digest of every bucket (XOR of entry digests); only the buckets that map
     /// to this shard are ever non-zero.
     pub digests: Vec<u64>,
@@ -47,8 +48,9 @@ impl Default for Shard {
 #[derive(PartialEq, Eq)]
 struct IndexKeys {
     due_ms: Millis,
-    /// Kind and lower-cased principal of a not-yet-deleted entry.
-    counted: Option<(String, Option<String>)>,
+    /// Kind and lower-cased principal of a not-yet-deleted entry (a
+    /// well-known kind is copied without an allocation).
+    counted: Option<(Kind, Option<String>)>,
 }
 
 /// When the sweeper must next look at an entry: the death of a live ticket
@@ -122,7 +124,7 @@ impl IndexKeys {
             State::Live(inc) => IndexKeys {
                 due_ms,
                 counted: Some((
-                    inc.identity.kind.to_string(),
+                    inc.identity.kind.clone(),
                     inc.identity.principal.as_deref().map(str::to_lowercase),
                 )),
             },
@@ -232,7 +234,7 @@ impl Shard {
         }
     }
 
-    fn uncount(&mut self, id: &Arc<str>, kind: String, principal: Option<String>) {
+    fn uncount(&mut self, id: &Arc<str>, kind: Kind, principal: Option<String>) {
         if let Some(count) = self.kinds.get_mut(&kind) {
             *count -= 1;
             if *count == 0 {

@@ -1046,8 +1046,8 @@ impl Replicator {
     /// they hold. Returns how many peers answered within the call timeout.
     ///
     /// Boxed, as every path to the peers: inline, its state would be part of
-    /// every call's future, which the API's batches move around (a 6 KiB
-    /// future per call made copying 16% of the node's work).
+    /// every call's future, which the API's batches move around (a batch
+    /// call's future was 6.2 KB with it, 2.8 KB with every peer path boxed).
     fn fetch_from_peers<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, usize> {
         Box::pin(self.fetch_from_peers_now(ids))
     }
@@ -1316,6 +1316,7 @@ impl Replicator {
             Ok(())
         } else if refused {
             // Votes split, or a proposer holds the slot that never finished.
+            // Boxed: the rare ballot path would otherwise size every consume's future.
             Box::pin(self.recover_slot(id, current, slot, &proposal)).await
         } else {
             Err(SlotLoss::Failed(

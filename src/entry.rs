@@ -255,7 +255,7 @@ impl Entry {
     /// incoming entry this way, and an incoming local write or newer peer copy
     /// wins whole, so the stored entry (payload and all) is not copied just to
     /// be merged and dropped.
-    pub fn merge_from(&mut self, other: &Entry) {
+    fn merge_from(&mut self, other: &Entry) {
         self.retain_until_ms = self.retain_until_ms.max(other.retain_until_ms);
         match (&mut self.state, &other.state) {
             (State::Deleted, _) => {}

@@ -298,7 +298,7 @@ pub struct Replicator {
     service_size: OnceLock<Arc<AtomicUsize>>,
     deciders: Box<[tokio::sync::Mutex<()>]>,
     /// Picks an id's decider stripe: local only (no other node needs the same
-    /// answer), so a seeded std hasher, not the cluster-wide rendezvous hash.
+    /// answer), so a fast seeded hasher, not the cluster-wide rendezvous hash.
     stripes: foldhash::fast::RandomState,
     /// The last [`Replicator::clock_fenced`] verdict, to log each change once.
     fenced: AtomicBool,

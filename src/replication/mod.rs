@@ -1290,7 +1290,7 @@ impl Replicator {
         let mut granted = 0;
         let mut reason = None;
         let fast = Phase::Fast(proposal.clone());
-        let mut calls = self.ask_voters(fast.to_propose(id, slot, current));
+        let mut calls = self.ask_voters(id, slot, current, &fast);
         let deadline = tokio::time::sleep(self.config.call_timeout);
         tokio::pin!(deadline);
         let mut refused = false;
@@ -1424,7 +1424,7 @@ impl Replicator {
         phase: &Phase,
     ) -> PhaseAnswers {
         let mut answers = PhaseAnswers::default();
-        let mut calls = self.ask_voters(phase.to_propose(id, slot, current));
+        let mut calls = self.ask_voters(id, slot, current, phase);
         let deadline = tokio::time::sleep(self.config.call_timeout);
         tokio::pin!(deadline);
         loop {
@@ -1463,22 +1463,40 @@ impl Replicator {
         answers
     }
 
-    /// Ask this node and every live peer to vote on `propose`; this node's
-    /// answer comes back as a peer's would, and counts the same.
-    fn ask_voters(&self, propose: Propose) -> FuturesUnordered<BoxFuture<'_, PeerReply>> {
-        let calls: FuturesUnordered<BoxFuture<'_, PeerReply>> = FuturesUnordered::new();
-        if let Some(network) = self.network().cloned() {
-            for peer in self.peers() {
-                let network = network.clone();
-                let body = Body::Propose(propose.clone());
-                calls.push(Box::pin(async move { network.call(&peer, body).await }));
+    /// Ask this node and every live peer to vote on `phase` of a proposal on
+    /// `slot` of the incarnation in `current`. This node's answer comes back
+    /// as a peer's would and counts the same; it is asked directly, under the
+    /// same rules, without building and parsing the `Propose` the peers get.
+    fn ask_voters<'a>(
+        &'a self,
+        id: &'a str,
+        slot: &'a str,
+        current: &'a crate::store::DecideState,
+        phase: &'a Phase,
+    ) -> FuturesUnordered<BoxFuture<'a, PeerReply>> {
+        let calls: FuturesUnordered<BoxFuture<'a, PeerReply>> = FuturesUnordered::new();
+        if let Some(network) = self.network() {
+            let peers = self.peers();
+            if !peers.is_empty() {
+                let propose = phase.to_propose(id, slot, current);
+                for peer in peers {
+                    let network = network.clone();
+                    let body = Body::Propose(propose.clone());
+                    calls.push(Box::pin(async move { network.call(&peer, body).await }));
+                }
             }
         }
-        calls.push(Box::pin(async move { Ok(self.vote_on(&propose).await) }));
+        calls.push(Box::pin(async move {
+            let incarnation = Some(current.created.clone());
+            let vote = self
+                .vote(id, incarnation, slot, phase, current.retain_until_ms)
+                .await;
+            Ok(Body::Vote(vote))
+        }));
         calls
     }
 
-    /// This node's vote on `propose`, asked by a peer or by itself.
+    /// This node's vote on a `Propose` from a peer.
     async fn vote_on(&self, propose: &Propose) -> Body {
         let Ok(proposal) = stamp_from_wire(propose.proposal.clone(), "proposal") else {
             return error_reply(Code::InvalidArgument, "proposal without a stamp");
@@ -1494,14 +1512,8 @@ impl Replicator {
             Ok(phase) => phase,
             Err(e) => return error_reply(Code::InvalidArgument, &e),
         };
-        let refused = |refusal: String| Vote {
-            granted: false,
-            refusal,
-            ballots: true,
-            ..Vote::default()
-        };
-        let answer = self
-            .accept(
+        let vote = self
+            .vote(
                 &propose.id,
                 incarnation,
                 &propose.slot,
@@ -1509,7 +1521,29 @@ impl Replicator {
                 propose.retain_until_ms,
             )
             .await;
-        Body::Vote(match answer {
+        Body::Vote(vote)
+    }
+
+    /// This node's vote on `phase` of a proposal on `slot` of `id`'s
+    /// incarnation created at `incarnation`, asked by a peer or by itself.
+    async fn vote(
+        &self,
+        id: &str,
+        incarnation: Option<crate::clock::Stamp>,
+        slot: &str,
+        phase: &Phase,
+        retain_until_ms: Millis,
+    ) -> Vote {
+        let refused = |refusal: String| Vote {
+            granted: false,
+            refusal,
+            ballots: true,
+            ..Vote::default()
+        };
+        let answer = self
+            .accept(id, incarnation, slot, phase, retain_until_ms)
+            .await;
+        match answer {
             Ok(accepted) => {
                 let (accepted_round, accepted_ballot, accepted_value) = match accepted {
                     Some((ballot, value)) => (
@@ -1533,11 +1567,11 @@ impl Replicator {
                 ..refused("voted for another proposal".to_owned())
             },
             Err(Refusal::Taken(entry)) => Vote {
-                entry: Some(to_record(&propose.id, &entry)),
+                entry: Some(to_record(id, &entry)),
                 ..refused("the slot is taken in the voter's copy".to_owned())
             },
             Err(Refusal::Cannot(why)) => refused(why),
-        })
+        }
     }
 
     /// The acceptor: whether this node grants `phase` of a proposal on `slot`
@@ -1597,7 +1631,7 @@ impl Replicator {
             return Err(Refusal::Taken(entry));
         }
         // R5 to R7
-        let key: SlotKey = (id.to_owned(), Some(incarnation), slot.to_owned());
+        let key: SlotKey = Arc::new((id.to_owned(), Some(incarnation), slot.to_owned()));
         let (answer, durable) = {
             let mut book = self.votes.lock().unwrap_or_else(|e| e.into_inner());
             let answer = match phase {

@@ -82,14 +82,17 @@
 //! its vote (R5). So a proposal wins only when the proposer's count is current.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tessera_proto::journal::SlotVotes as VoteRecord;
 
 use crate::clock::{Millis, Stamp};
 use crate::replication::wire::{WireError, stamp_from_wire, stamp_to_wire};
 
-/// (ticket id, created stamp of the incarnation when known, slot).
-pub type SlotKey = (String, Option<Stamp>, String);
+/// (ticket id, created stamp of the incarnation when known, slot), shared
+/// by the book's map and its expiry index: one allocation per slot instead
+/// of a copy of both strings in each.
+pub type SlotKey = Arc<(String, Option<Stamp>, String)>;
 
 /// Most votes past retention forgotten by one vote.
 const FORGET_PER_VOTE: usize = 16;
@@ -328,7 +331,7 @@ impl VoteBook {
 }
 
 fn to_record(slot: &SlotKey, votes: &SlotVotes, forget_at_ms: Millis) -> VoteRecord {
-    let (id, incarnation, name) = slot;
+    let (id, incarnation, name) = &**slot;
     let (accepted_round, accepted_ballot, accepted_value) = match &votes.accepted {
         Some((ballot, value)) => (
             ballot.round,
@@ -377,7 +380,7 @@ pub fn from_record(record: VoteRecord) -> Result<RestoredVotes, WireError> {
         _ => return Err(WireError("an accepted ballot without its value".into())),
     };
     Ok((
-        (record.id, incarnation, record.slot),
+        Arc::new((record.id, incarnation, record.slot)),
         SlotVotes { promised, accepted },
         record.forget_at_ms,
     ))
@@ -399,7 +402,7 @@ mod tests {
     }
 
     fn slot(id: &str, slot: &str) -> SlotKey {
-        (id.to_owned(), Some(stamp(0, "creator")), slot.to_owned())
+        Arc::new((id.to_owned(), Some(stamp(0, "creator")), slot.to_owned()))
     }
 
     #[test]
@@ -444,8 +447,8 @@ mod tests {
     #[test]
     fn a_new_incarnation_has_fresh_slots() {
         let mut book = VoteBook::new(10);
-        let first = ("ST-1".to_owned(), Some(stamp(1, "x")), "use:1".to_owned());
-        let again = ("ST-1".to_owned(), Some(stamp(5, "y")), "use:1".to_owned());
+        let first = Arc::new(("ST-1".to_owned(), Some(stamp(1, "x")), "use:1".to_owned()));
+        let again = Arc::new(("ST-1".to_owned(), Some(stamp(5, "y")), "use:1".to_owned()));
         assert_eq!(book.vote(&first, &stamp(2, "a"), 100, 2), Ballot::Granted);
         assert_eq!(book.vote(&again, &stamp(6, "b"), 100, 6), Ballot::Granted);
     }

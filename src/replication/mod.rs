@@ -512,12 +512,21 @@ impl Replicator {
     pub fn arbiter(&self, id: &str) -> NodeId {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         let now = tokio::time::Instant::now();
-        std::iter::once(&self.me)
-            .chain(view.peers.iter().filter(|p| {
+        let mut eligible = view
+            .peers
+            .iter()
+            .filter(|p| {
                 !view.draining.contains(*p)
                     && !view.not_ready.contains(*p)
                     && !view.is_skewed(p, now)
-            }))
+            })
+            .peekable();
+        // Alone: nothing to compare, so no hash (BLAKE3 of the id) to compute.
+        if eligible.peek().is_none() {
+            return self.me.clone();
+        }
+        std::iter::once(&self.me)
+            .chain(eligible)
             .max_by_key(|node| rendezvous(node, id))
             .cloned()
             .unwrap_or_else(|| self.me.clone())

@@ -754,7 +754,7 @@ impl Replicator {
         if put.create_only {
             ticket::validate_id("id", &put.id)?;
             let answered = self.read_repair(&put.id).await;
-            if !self.store.holds(&put.id) && answered < self.answers_to_rule_out() {
+            if answered < self.answers_to_rule_out() && !self.store.holds(&put.id) {
                 return Err(self.holders_unreachable(answered));
             }
         } else if self.store.holds_live(&put.id) {
@@ -795,7 +795,7 @@ impl Replicator {
     pub async fn delete(&self, id: &str) -> Result<u64, StoreError> {
         ticket::validate_id("id", id)?;
         let answered = self.read_repair(id).await;
-        if !self.store.holds(id) && answered < self.answers_to_rule_out() {
+        if answered < self.answers_to_rule_out() && !self.store.holds(id) {
             return Err(self.holders_unreachable(answered));
         }
         let written = self.store.delete(id)?;
@@ -1030,7 +1030,7 @@ impl Replicator {
                     // Nobody that could hold it answered: "not found" would
                     // log a user out, or hide a live ticket (review #4).
                     Err(StoreError::NotFound)
-                        if !self.store.holds(id) && answered < self.answers_to_rule_out() =>
+                        if answered < self.answers_to_rule_out() && !self.store.holds(id) =>
                     {
                         Err(self.holders_unreachable(answered))
                     }

@@ -753,7 +753,10 @@ impl Store {
     }
 
     /// Apply `change` to a copy of a live ticket under its shard lock and merge
-    /// the copy back (the same merge a peer's copy goes through).
+    /// the copy back (the same merge a peer's copy goes through). A ticket
+    /// with a parent has its ancestors checked first, outside its lock (they
+    /// may be in other shards), and is looked up again; one without is
+    /// changed under the lock and the lookup it was found with.
     fn modify_live(
         &self,
         id: &str,
@@ -761,22 +764,24 @@ impl Store {
     ) -> Result<Written<TicketView>, StoreError> {
         ticket::validate_id("id", id)?;
         let now = self.now();
-        let parent = {
-            let shard = self.lock(self.shard_index(id));
-            let entry = shard.entries.get(id).ok_or(StoreError::NotFound)?;
-            live_at(entry, now)?.identity.parent.clone()
-        };
-        self.require_ancestors_live(parent, now)?;
+        let index = self.shard_index(id);
         let id: Arc<str> = id.into();
         let mut changes = Vec::new();
         let view = {
-            let mut shard = self.lock(self.shard_index(&id));
+            let mut shard = self.lock(index);
             let entry = shard.entries.get(&id).ok_or(StoreError::NotFound)?;
-            let mut copy = entry.clone();
-            let inc = copy
-                .live_mut()
-                .filter(|_| entry.liveness(now) == Liveness::Live)
-                .ok_or(StoreError::NotFound)?;
+            let mut copy = match live_at(entry, now)?.identity.parent.clone() {
+                None => entry.clone(),
+                Some(parent) => {
+                    drop(shard);
+                    self.require_ancestors_live(Some(parent), now)?;
+                    shard = self.lock(index);
+                    let entry = shard.entries.get(&id).ok_or(StoreError::NotFound)?;
+                    live_at(entry, now)?;
+                    entry.clone()
+                }
+            };
+            let inc = copy.live_mut().ok_or(StoreError::NotFound)?;
             change(self, inc, now)?;
             let view = TicketView::of(&id, inc);
             self.apply_locked(

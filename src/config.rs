@@ -80,11 +80,12 @@ pub struct NodeConfig {
     /// [default: the listen host, or the task's IPv4 with ECS discovery;
     /// required when listen is 0.0.0.0 otherwise].
     pub advertise: Option<String>,
-    /// Cluster size that majorities are counted against, at least [default: 1,
-    /// or with ECS discovery the service's desiredCount].
+    /// Cluster size that majorities are counted against: required with static
+    /// or DNS discovery; with ECS discovery the service's desiredCount. Every
+    /// node seen since start that has not announced its leave counts too.
     pub expected_size: Option<usize>,
     /// Nodes that must hold a write before it is acknowledged: a number or `all`
-    /// [default: 2 when at least 2 nodes are live, else 1].
+    /// [default: 2 when the expected cluster size is 2 or more, else 1].
     #[serde(deserialize_with = "write_quorum")]
     pub write_quorum: WriteQuorum,
     /// File holding the cluster secret (at least 32 bytes, not world-readable).

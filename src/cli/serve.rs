@@ -88,13 +88,14 @@ pub struct ServeArgs {
     /// listen host, or the task's IPv4 with ECS discovery].
     #[arg(long, env = "TESSERA_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Cluster size majorities are counted against, at least [default: 1, or
-    /// the ECS service's desiredCount; the largest membership seen in the last
-    /// 10 minutes counts too].
+    /// Cluster size majorities are counted against: required with static or
+    /// DNS discovery (1 only for a node really alone); with ECS discovery the
+    /// service's desiredCount. Every node seen since start that has not
+    /// announced its leave counts too, so the figure never drops below them.
     #[arg(long, env = "TESSERA_EXPECTED_SIZE")]
     pub expected_size: Option<usize>,
     /// Nodes that must hold a write before it is acknowledged: N or all
-    /// [default: 2 when at least 2 nodes are live, else 1].
+    /// [default: 2 when the expected cluster size is 2 or more, else 1].
     #[arg(long, env = "TESSERA_WRITE_QUORUM")]
     pub write_quorum: Option<WriteQuorum>,
     /// File holding the cluster secret (32+ bytes, not world-readable); or set

@@ -78,7 +78,7 @@ const CLOCK_SIGHTING_REFRESH: Duration = Duration::from_secs(1);
 /// How many nodes must hold a write before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteQuorum {
-    /// 2 when at least 2 nodes are live, else 1.
+    /// 2 when the expected cluster size is 2 or more, else 1.
     Default,
     Nodes(usize),
     All,
